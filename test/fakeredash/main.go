@@ -7,10 +7,6 @@
 //	nginx                   proxy :80 to redash:5000 (the compose alias)
 //	create_db, manage ...   act on the real Postgres named by REDASH_DATABASE_URL
 //	env                     print the environment and exit
-//
-// Each long-running command writes its environment to /proc/1/... readable
-// through `docker exec`-less means: GET /env on the server, and a file
-// /tmp/env for the others (see server.go).
 package main
 
 import (
@@ -24,4 +20,15 @@ func main() {
 		os.Exit(2)
 	}
 	os.Exit(run(os.Args[1], os.Args[2:]))
+}
+
+// run dispatches one entrypoint command. The long-running roles live in
+// serve.go, the database commands in db.go.
+func run(cmd string, args []string) int {
+	switch cmd {
+	case "create_db", "manage":
+		return runDB(cmd, args)
+	default:
+		return serve(cmd, args)
+	}
 }

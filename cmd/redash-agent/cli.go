@@ -1,0 +1,250 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"sort"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/redash-agent/redash-agent/internal/agent"
+	"github.com/redash-agent/redash-agent/internal/config"
+)
+
+// Exit codes of DESIGN.md's CLI contract.
+const (
+	exitOK        = 0
+	exitFailure   = 1
+	exitUsage     = 2
+	exitConfigErr = 3 // the unit's RestartPreventExitStatus: fixing it needs a person
+)
+
+// usageError marks a bad command line (exit 2).
+type usageError struct{ error }
+
+// globals are the flags every command shares.
+type globals struct {
+	dir          string
+	stateDir     string
+	configFile   string
+	provider     string
+	set          []string
+	json         bool
+	imdsDeadline time.Duration
+	logFormat    string
+}
+
+// Main runs the CLI and returns the process exit code.
+func Main(args []string, stdout, stderr io.Writer) int {
+	var g globals
+	root := &cobra.Command{
+		Use:           "redash-agent",
+		Short:         "Configure and run Redash on this EC2 instance from its tags and Secrets Manager",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.SetArgs(args)
+	pf := root.PersistentFlags()
+	pf.StringVar(&g.dir, "dir", "/opt/redash", "directory holding env and docker-compose.yml")
+	pf.StringVar(&g.stateDir, "state-dir", agent.DefaultStateDir, "directory for generated local secrets, the hash key and caches")
+	pf.StringVar(&g.configFile, "config", config.DefaultFile, "config file (keys are the redash: tag names without the prefix)")
+	pf.StringVar(&g.provider, "provider", "", "aws (instance tags + Secrets Manager) or local (config file + generated secrets)")
+	pf.StringArrayVar(&g.set, "set", nil, "override one setting, KEY=VALUE with KEY a tag name without redash: (repeatable)")
+	pf.BoolVar(&g.json, "json", false, "print data as JSON")
+	pf.DurationVar(&g.imdsDeadline, "imds-deadline", 2*time.Minute, "how long to wait for IMDS and the instance tags at boot")
+	pf.StringVar(&g.logFormat, "log-format", "text", "log format on stderr: text or json")
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
+
+	root.AddCommand(
+		versionCmd(),
+		configCmd(&g),
+		renderCmd(&g),
+	)
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	err := root.ExecuteContext(ctx)
+	return exitCode(err, stderr)
+}
+
+func exitCode(err error, stderr io.Writer) int {
+	if err == nil {
+		return exitOK
+	}
+	var ue usageError
+	switch {
+	case errors.Is(err, agent.ErrNotConfigured):
+		fmt.Fprintln(stderr, "redash-agent:", err)
+		return exitOK
+	case errors.As(err, &ue) || strings.HasPrefix(err.Error(), "unknown command") || strings.Contains(err.Error(), "accepts ") && strings.Contains(err.Error(), "arg(s)"):
+		fmt.Fprintln(stderr, "redash-agent:", err)
+		fmt.Fprintln(stderr, "run 'redash-agent --help' for usage")
+		return exitUsage
+	case agent.IsConfigError(err):
+		fmt.Fprintln(stderr, "redash-agent: configuration error:", err)
+		return exitConfigErr
+	default:
+		fmt.Fprintln(stderr, "redash-agent:", err)
+		return exitFailure
+	}
+}
+
+// newAgent builds the agent from the global flags.
+func (g *globals) newAgent(stderr io.Writer) (*agent.Agent, error) {
+	set := map[string]string{}
+	for _, kv := range g.set {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return nil, usageError{fmt.Errorf("--set %q: want KEY=VALUE, e.g. --set role=web", kv)}
+		}
+		set[strings.TrimPrefix(k, config.TagPrefix)] = v
+	}
+	return agent.New(agent.Options{
+		Dir:          g.dir,
+		StateDir:     g.stateDir,
+		ConfigFile:   g.configFile,
+		Provider:     g.provider,
+		Set:          set,
+		IMDSDeadline: g.imdsDeadline,
+		Logger:       g.logger(stderr),
+	}), nil
+}
+
+func (g *globals) logger(w io.Writer) *slog.Logger {
+	if g.logFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, nil))
+	}
+	return slog.New(slog.NewTextHandler(w, nil))
+}
+
+func versionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the agent's version",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			fmt.Fprintln(c.OutOrStdout(), "redash-agent", version)
+			return nil
+		},
+	}
+}
+
+// configRow is one resolved setting for `redash-agent config`.
+type configRow struct {
+	Key    string `json:"key"`
+	Value  string `json:"value"`
+	Source string `json:"source"`
+}
+
+func configCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "config",
+		Short: "Print each resolved setting and where it came from (secrets as their ids, never values)",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			a, err := g.newAgent(c.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			res, err := a.Resolve(c.Context())
+			if err != nil {
+				return err
+			}
+			rows := configRows(res.Config)
+			if g.json {
+				enc := json.NewEncoder(c.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(rows)
+			}
+			tw := tabwriter.NewWriter(c.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "KEY\tVALUE\tSOURCE")
+			for _, r := range rows {
+				fmt.Fprintf(tw, "%s\t%s\t%s\n", r.Key, r.Value, r.Source)
+			}
+			return tw.Flush()
+		},
+	}
+}
+
+// configRows lists the resolved configuration, one row per setting.
+func configRows(cfg config.Config) []configRow {
+	src := func(key string) string {
+		if s, ok := cfg.Origins[key]; ok {
+			return string(s)
+		}
+		return string(config.SourceDerived)
+	}
+	rows := []configRow{
+		{"provider", cfg.Provider, src("provider")},
+		{"project", cfg.Project, src("project")},
+		{"version", cfg.Version, src("version")},
+		{"image", cfg.Image, src("image")},
+		{"role", cfg.Role, src("role")},
+		{"nginx", fmt.Sprint(cfg.Nginx), src("nginx")},
+		{"region", cfg.Region, src("region")},
+	}
+	add := func(key, val string) {
+		if val != "" {
+			rows = append(rows, configRow{key, val, src(key)})
+		}
+	}
+	if cfg.Nginx {
+		add("nginx-image", cfg.NginxImage)
+	}
+	add("db-endpoint", cfg.DBEndpoint)
+	add("db-name", cfg.DBName)
+	add("redis-endpoint", cfg.RedisEndpoint)
+	add("redis-url", cfg.RedisURL)
+	add("log-group", cfg.LogGroup)
+	add("server-port", fmt.Sprint(cfg.ServerPort))
+	if cfg.Nginx {
+		add("nginx-port", fmt.Sprint(cfg.NginxPort))
+	}
+	if cfg.WebWorkers > 0 {
+		add("web-workers", fmt.Sprint(cfg.WebWorkers))
+	}
+	add("refresh", cfg.Refresh.String())
+	var names []string
+	for n := range cfg.Secrets {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		key := "secret:" + n
+		if n == "db-secret" {
+			key = "db-secret"
+		}
+		rows = append(rows, configRow{key, cfg.Secrets[n].String(), src(key)})
+	}
+	for _, m := range []map[string]string{cfg.Env} {
+		var ks []string
+		for k := range m {
+			ks = append(ks, k)
+		}
+		sort.Strings(ks)
+		for _, k := range ks {
+			rows = append(rows, configRow{"env:" + k, m[k], src("env:" + k)})
+		}
+	}
+	var ws []string
+	for w := range cfg.Workers {
+		ws = append(ws, w)
+	}
+	sort.Strings(ws)
+	for _, w := range ws {
+		rows = append(rows, configRow{"workers:" + w, fmt.Sprint(cfg.Workers[w]), src("workers:" + w)})
+	}
+	return rows
+}

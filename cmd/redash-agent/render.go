@@ -1,0 +1,87 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/redash-agent/redash-agent/internal/agent"
+	"github.com/redash-agent/redash-agent/internal/desired"
+	"github.com/redash-agent/redash-agent/internal/envfile"
+)
+
+func renderCmd(g *globals) *cobra.Command {
+	var dryRun bool
+	c := &cobra.Command{
+		Use:   "render",
+		Short: "Write DIR/env and DIR/docker-compose.yml (or print them with --dry-run, secrets redacted)",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			a, err := g.newAgent(c.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			r, err := a.Render(c.Context())
+			if err != nil {
+				return err
+			}
+			out := c.OutOrStdout()
+			if dryRun {
+				return printDryRun(out, g.dir, r)
+			}
+			ch, err := a.Write(c.Context(), r)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(out, "%s: %s\n%s: %s\n",
+				filepath.Join(g.dir, agent.EnvFileName), changedWord(ch.Env),
+				filepath.Join(g.dir, agent.ComposeFileName), changedWord(ch.Compose))
+			return nil
+		},
+	}
+	c.Flags().BoolVar(&dryRun, "dry-run", false, "print the files instead of writing them; secret values are redacted")
+	return c
+}
+
+func changedWord(changed bool) string {
+	if changed {
+		return "written"
+	}
+	return "unchanged"
+}
+
+// printDryRun prints both files. Every env value that holds any secret is
+// replaced whole: a partial mask of a URL could still leak a short password.
+func printDryRun(w io.Writer, dir string, r agent.Rendered) error {
+	red := map[string]string{}
+	for k, v := range r.State.Env {
+		red[k] = v
+		if holdsSecret(v, r) {
+			red[k] = "[redacted]"
+		}
+	}
+	env, err := envfile.Render(red)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "# %s (dry run, secret values redacted)\n%s\n", filepath.Join(dir, agent.EnvFileName), env)
+	fmt.Fprintf(w, "# %s (dry run)\n%s", filepath.Join(dir, agent.ComposeFileName), r.Compose)
+	return nil
+}
+
+// holdsSecret looks for each secret as written and as percent-encoded in a URL.
+func holdsSecret(v string, r agent.Rendered) bool {
+	plain := []string{r.State.DB.Password.Reveal()}
+	for _, s := range r.Secrets {
+		plain = append(plain, s.Value.Reveal())
+	}
+	for _, p := range plain {
+		if p != "" && (strings.Contains(v, p) || strings.Contains(v, desired.Escape(p))) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,279 @@
+// Package agent is the boot pipeline of DESIGN.md, top to bottom:
+//
+//	imds tags -> config.Resolve -> secrets.Fetch -> envfile/compose render -> atomic write
+//	  -> migrate (lock) -> engine.Observe -> engine.Plan -> engine.Apply -> wait healthy -> sd_notify
+//
+// Each step is one call, logged as [started]/[finished]/[failed] so the
+// journal reads like a checklist, and wrapped in one error that says what to
+// do. The pure steps (config, desired, compose, envfile render, plan) live in
+// their own packages; this package owns the side effects' order.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+
+	"github.com/compose-spec/compose-go/v2/types"
+
+	"github.com/redash-agent/redash-agent/internal/atomicfile"
+	"github.com/redash-agent/redash-agent/internal/compose"
+	"github.com/redash-agent/redash-agent/internal/config"
+	"github.com/redash-agent/redash-agent/internal/desired"
+	"github.com/redash-agent/redash-agent/internal/envfile"
+	"github.com/redash-agent/redash-agent/internal/imds"
+	"github.com/redash-agent/redash-agent/internal/secrets"
+)
+
+// Files the agent writes under --dir.
+const (
+	EnvFileName     = "env"
+	ComposeFileName = "docker-compose.yml"
+)
+
+// DefaultStateDir holds the generated local secrets, the hash key and caches.
+const DefaultStateDir = "/var/lib/redash-agent"
+
+// Options are the command line's settings.
+type Options struct {
+	Dir          string
+	StateDir     string
+	ConfigFile   string
+	Provider     string            // --provider; "" = config.yaml or aws
+	Set          map[string]string // --set key=value, the flag layer
+	IMDSDeadline time.Duration
+	Logger       *slog.Logger
+	Status       func(string) // STATUS= for systemd; may be nil
+}
+
+// Agent runs the pipeline's steps.
+type Agent struct {
+	o   Options
+	log *slog.Logger
+}
+
+// New returns an Agent.
+func New(o Options) *Agent {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	if o.StateDir == "" {
+		o.StateDir = DefaultStateDir
+	}
+	return &Agent{o: o, log: o.Logger}
+}
+
+// ConfigError marks an error caused by configuration: bad tags, a missing
+// secret or JSON key. The CLI exits 3 on it and systemd does not restart.
+type ConfigError struct{ Err error }
+
+func (e *ConfigError) Error() string { return e.Err.Error() }
+func (e *ConfigError) Unwrap() error { return e.Err }
+
+// IsConfigError reports whether err is a configuration error.
+func IsConfigError(err error) bool {
+	var ce *ConfigError
+	return errors.As(err, &ce)
+}
+
+// ErrNotConfigured means the instance carries no redash: tags and no
+// config.yaml settings: an Image Builder build or test instance. The agent
+// exits cleanly instead of blocking a boot it was not meant to configure.
+var ErrNotConfigured = errors.New("this instance has no redash: tags and no settings in the config file: nothing to do (tag the instance, e.g. redash:version, to configure Redash)")
+
+// step runs one pipeline step with [started]/[finished]/[failed] journal lines.
+func (a *Agent) step(ctx context.Context, name string, fn func(context.Context) error) error {
+	if a.o.Status != nil {
+		a.o.Status(name)
+	}
+	start := time.Now()
+	a.log.Info("[started] "+name, "step", name)
+	err := fn(ctx)
+	took := time.Since(start).Round(time.Millisecond)
+	if err != nil {
+		a.log.Error("[failed] "+name, "step", name, "took", took, "err", err)
+		return err
+	}
+	a.log.Info("[finished] "+name, "step", name, "took", took)
+	return nil
+}
+
+// Resolved is the configuration with what the layers were.
+type Resolved struct {
+	Config config.Config
+	Tags   map[string]string
+}
+
+// Resolve reads the layers (config file, instance tags for provider aws,
+// flags, AWS_REGION) and resolves them.
+func (a *Agent) Resolve(ctx context.Context) (Resolved, error) {
+	var r Resolved
+	err := a.step(ctx, "resolve configuration", func(ctx context.Context) error {
+		path := a.o.ConfigFile
+		if path == "" {
+			path = config.DefaultFile
+		}
+		file, present, err := config.LoadFile(path)
+		if err != nil {
+			return &ConfigError{err}
+		}
+		flags := config.Layer{Source: config.SourceFlag, Origin: "flag --set", Values: map[string]string{}}
+		for k, v := range a.o.Set {
+			flags.Values[k] = v
+		}
+		if a.o.Provider != "" {
+			flags.Values["provider"] = a.o.Provider
+		}
+		// The provider decides whether IMDS is read at all, so it comes
+		// from the layers that need no AWS: flags, then the file.
+		provider := config.ProviderAWS
+		if v := file.Values["provider"]; v != "" {
+			provider = v
+		}
+		if v := flags.Values["provider"]; v != "" {
+			provider = v
+		}
+
+		layers := []config.Layer{config.Defaults(), file}
+		imdsRegion := ""
+		if provider == config.ProviderAWS {
+			inst, err := imds.New(imds.Options{Deadline: a.o.IMDSDeadline, Logger: a.log}).Instance(ctx)
+			if err != nil {
+				if errors.Is(err, imds.ErrTagsNotEnabled) {
+					return &ConfigError{fmt.Errorf("reading instance tags from IMDS: %w", err)}
+				}
+				return fmt.Errorf("reading instance tags from IMDS: %w", err)
+			}
+			r.Tags = inst.Tags
+			if !config.HasRedashTags(inst.Tags) && (!present || len(file.Values) == 0) && len(a.o.Set) == 0 {
+				return ErrNotConfigured
+			}
+			layers = append(layers, config.FromTags(inst.Tags))
+			imdsRegion = inst.Region
+		}
+		layers = append(layers, flags)
+		cfg, err := config.Resolve(layers...)
+		if err != nil {
+			return &ConfigError{err}
+		}
+		if imdsRegion != "" {
+			cfg.Region = imdsRegion
+			cfg.Origins["region"] = config.SourceIMDS
+		}
+		if env := os.Getenv("AWS_REGION"); env != "" {
+			cfg.Region = env
+			cfg.Origins["region"] = config.SourceEnv
+		}
+		if cfg.Provider == config.ProviderAWS && cfg.Region == "" {
+			return &ConfigError{errors.New("no AWS region: IMDS gave none and AWS_REGION is not set")}
+		}
+		r.Config = cfg
+		return nil
+	})
+	return r, err
+}
+
+// FetchSecrets gets every secret the configuration references, in parallel.
+func (a *Agent) FetchSecrets(ctx context.Context, cfg config.Config) (map[string]secrets.Secret, error) {
+	var got map[string]secrets.Secret
+	err := a.step(ctx, "fetch secrets", func(ctx context.Context) error {
+		refs := make([]secrets.Ref, 0, len(cfg.Secrets))
+		for _, r := range cfg.Secrets {
+			refs = append(refs, r)
+		}
+		sort.Slice(refs, func(i, j int) bool { return refs[i].Name < refs[j].Name })
+		var err error
+		if cfg.Provider == config.ProviderLocal {
+			if err := os.MkdirAll(a.o.StateDir, 0o700); err != nil {
+				return fmt.Errorf("creating state directory %q: %w", a.o.StateDir, err)
+			}
+			store := &secrets.LocalStore{Path: filepath.Join(a.o.StateDir, "local-secrets.json")}
+			got, err = store.Fetch(ctx, refs)
+		} else {
+			var f *secrets.Fetcher
+			f, err = secrets.NewAWS(ctx, cfg.Region, a.log)
+			if err == nil {
+				got, err = f.Fetch(ctx, refs)
+			}
+		}
+		if err != nil {
+			if secrets.IsConfigError(err) {
+				return &ConfigError{err}
+			}
+			return err
+		}
+		return nil
+	})
+	return got, err
+}
+
+// Rendered is what `render` writes and `up` converges.
+type Rendered struct {
+	Config  config.Config
+	State   desired.State
+	Secrets map[string]secrets.Secret
+	Project *types.Project
+	EnvFile []byte
+	Compose []byte
+}
+
+// Render resolves, fetches and renders, without writing anything.
+func (a *Agent) Render(ctx context.Context) (Rendered, error) {
+	var out Rendered
+	res, err := a.Resolve(ctx)
+	if err != nil {
+		return out, err
+	}
+	out.Config = res.Config
+	if out.Secrets, err = a.FetchSecrets(ctx, res.Config); err != nil {
+		return out, err
+	}
+	err = a.step(ctx, "render env file and compose file", func(ctx context.Context) error {
+		st, err := desired.Build(res.Config, out.Secrets, a.o.Dir)
+		if err != nil {
+			return &ConfigError{err}
+		}
+		out.State = st
+		if out.Project, err = compose.Project(st.Spec); err != nil {
+			return &ConfigError{fmt.Errorf("building the compose project: %w", err)}
+		}
+		if out.Compose, err = compose.Marshal(out.Project); err != nil {
+			return fmt.Errorf("writing the compose project as YAML: %w", err)
+		}
+		if out.EnvFile, err = envfile.Render(st.Env); err != nil {
+			return &ConfigError{fmt.Errorf("rendering the env file: %w", err)}
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Changes says which written files changed.
+type Changes struct{ Env, Compose bool }
+
+// Write writes the env file (0600) and the compose file atomically; a file
+// whose content is unchanged is not rewritten. On error the old files stay.
+func (a *Agent) Write(ctx context.Context, r Rendered) (Changes, error) {
+	var ch Changes
+	err := a.step(ctx, "write "+a.o.Dir, func(ctx context.Context) error {
+		if err := os.MkdirAll(a.o.Dir, 0o755); err != nil {
+			return fmt.Errorf("creating %q: %w", a.o.Dir, err)
+		}
+		var err error
+		// The env file first: a compose file that names ./env is never
+		// on disk without its env file.
+		if ch.Env, err = atomicfile.WriteFile(filepath.Join(a.o.Dir, EnvFileName), r.EnvFile, 0o600); err != nil {
+			return err
+		}
+		if ch.Compose, err = atomicfile.WriteFile(filepath.Join(a.o.Dir, ComposeFileName), r.Compose, 0o644); err != nil {
+			return err
+		}
+		return nil
+	})
+	return ch, err
+}

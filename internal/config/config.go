@@ -1,0 +1,474 @@
+// Package config resolves the agent's configuration from its layers —
+// defaults < /etc/redash-agent/config.yaml < instance tags < flags — and
+// remembers where every value came from. It is pure: callers read the
+// layers (file, IMDS, flags) and hand them in as string maps keyed by the tag
+// name without its "redash:" prefix, so config.yaml can stand in for tags.
+package config
+
+import (
+	"fmt"
+	"net"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redash-agent/redash-agent/internal/compose"
+	"github.com/redash-agent/redash-agent/internal/secrets"
+)
+
+// TagPrefix marks the instance tags the agent reads; other tags are ignored.
+const TagPrefix = "redash:"
+
+// DefaultVersion is the Redash release used when redash:version is not set.
+const DefaultVersion = "25.8.0"
+
+// Provider names.
+const (
+	ProviderAWS   = "aws"
+	ProviderLocal = "local"
+)
+
+// Roles.
+const (
+	RoleAll    = "all"
+	RoleWeb    = "web"
+	RoleWorker = "worker"
+)
+
+// Source says which layer a value came from, for `redash-agent config`.
+type Source string
+
+const (
+	SourceDefault Source = "default"
+	SourceFile    Source = "config.yaml"
+	SourceTag     Source = "tag"
+	SourceFlag    Source = "flag"
+	SourceEnv     Source = "env"
+	SourceIMDS    Source = "imds"
+	SourceDerived Source = "derived"
+)
+
+// Layer is one source of settings: keys are tag names without "redash:".
+type Layer struct {
+	Source Source
+	// Origin names the concrete place for error messages, e.g.
+	// "/etc/redash-agent/config.yaml" or "instance tag"; Source if empty.
+	Origin string
+	Values map[string]string
+}
+
+// Config is the resolved configuration. Secrets appear only as references
+// (where to fetch them), never as values.
+type Config struct {
+	Provider      string
+	Project       string
+	Version       string
+	Image         string
+	NginxImage    string
+	PostgresImage string
+	RedisImage    string
+	Role          string
+	Nginx         bool
+	SecretsPrefix string
+	// Secrets lists what to fetch, keyed by logical name (secrets.DBUser ...).
+	Secrets       map[string]secrets.Ref
+	DBEndpoint    string // host:port; may be empty when DBSecret supplies it
+	DBName        string // empty: the DB user name (or the DB secret's dbname)
+	RedisEndpoint string
+	RedisURL      string
+	Env           map[string]string // extra REDASH_* and other variables from redash:env:<VAR>
+	Workers       map[string]int
+	WebWorkers    int
+	LogGroup      string
+	Region        string
+	ServerPort    int
+	NginxPort     int
+	Refresh       time.Duration
+
+	// Origins maps every set key to the layer it came from.
+	Origins map[string]Source
+}
+
+// UsesDBSecret reports whether the database credentials come from one RDS-shaped JSON secret.
+func (c Config) UsesDBSecret() bool { _, ok := c.Secrets[secrets.DBSecret]; return ok }
+
+// defaults is the bottom layer. Keys absent here have no default.
+func defaults() map[string]string {
+	return map[string]string{
+		"provider":       ProviderAWS,
+		"project":        "redash",
+		"version":        DefaultVersion,
+		"nginx-image":    "redash/nginx:latest",
+		"postgres-image": "postgres:15-alpine",
+		"redis-image":    "redis:7-alpine",
+		"role":           RoleAll,
+		"nginx":          "true",
+		"secrets-prefix": "Redash/",
+		"server-port":    "5000",
+		"nginx-port":     "80",
+		"refresh":        "5m",
+	}
+}
+
+// Defaults returns the default layer.
+func Defaults() Layer { return Layer{Source: SourceDefault, Values: defaults()} }
+
+// secretNames are the names allowed in redash:secret:<name>.
+var secretNames = []string{secrets.DBUser, secrets.DBPassword, secrets.CookieSecret, secrets.SecretKey, secrets.RedisAuth}
+
+// seedSecretPaths are the seed's secret names below the prefix.
+var seedSecretPaths = map[string]string{
+	secrets.DBUser:       "RDS/User",
+	secrets.DBPassword:   "RDS/Password",
+	secrets.CookieSecret: "CookieSecret",
+	secrets.SecretKey:    "SecretKey",
+}
+
+// plainKeys are the keys without a ":<name>" suffix, with a one-line meaning for errors and docs.
+var plainKeys = map[string]string{
+	"provider":       "aws or local",
+	"project":        "compose project name (containers <project>-<service>-1)",
+	"version":        "Redash image tag, e.g. 10.1.0.b50633",
+	"image":          "full Redash image reference",
+	"nginx-image":    "nginx image reference",
+	"postgres-image": "bundled postgres image (provider local)",
+	"redis-image":    "bundled redis image (provider local)",
+	"role":           "all, web or worker",
+	"nginx":          "true or false",
+	"secrets-prefix": "prefix of the seed-style secret names",
+	"db-secret":      "RDS-managed JSON secret id or ARN",
+	"db-endpoint":    "database host:port",
+	"db-name":        "database name",
+	"redis-endpoint": "Redis host:port",
+	"redis-url":      "redis:// or rediss:// URL",
+	"web-workers":    "REDASH_WEB_WORKERS",
+	"log-group":      "CloudWatch Logs group for container logs",
+	"server-port":    "host port published for the server's :5000",
+	"nginx-port":     "host port published for nginx's :80",
+	"refresh":        "how often `run` re-reads tags and secrets, e.g. 5m",
+}
+
+// prefixKeys take a name after the colon.
+var prefixKeys = []string{"secret:", "env:", "workers:"}
+
+// KnownKey reports whether key (without "redash:") is one the agent understands.
+func KnownKey(key string) bool {
+	if _, ok := plainKeys[key]; ok {
+		return true
+	}
+	for _, p := range prefixKeys {
+		if strings.HasPrefix(key, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// agentOwnedEnv are variables the agent builds itself; setting them through
+// redash:env:<VAR> would put a secret into a tag, so it is refused.
+var agentOwnedEnv = map[string]string{
+	"REDASH_DATABASE_URL":  "redash:db-endpoint, redash:db-name and the db-user/db-password secrets (or redash:db-secret)",
+	"REDASH_REDIS_URL":     "redash:redis-endpoint or redash:redis-url (and redash:secret:redis-auth)",
+	"REDASH_COOKIE_SECRET": "the cookie-secret secret (redash:secret:cookie-secret)",
+	"REDASH_SECRET_KEY":    "the secret-key secret (redash:secret:secret-key)",
+}
+
+var (
+	envNameRE  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	tagKeyRE   = regexp.MustCompile(`^[a-zA-Z0-9+\-=.,_:@ ]+$`)
+	logGroupRE = regexp.MustCompile(`^[.\-_/#A-Za-z0-9]{1,512}$`)
+	versionRE  = regexp.MustCompile(`^[0-9]+(\.[0-9A-Za-z_-]+)*$`)
+	projectRE  = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]*$`)
+)
+
+// Problem is one bad setting.
+type Problem struct {
+	Key    string // without "redash:"
+	Origin string
+	Msg    string
+}
+
+// Error lists every bad setting at once, so an operator fixes them in one go.
+type Error struct{ Problems []Problem }
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "configuration has %d problem(s):", len(e.Problems))
+	for _, p := range e.Problems {
+		fmt.Fprintf(&b, "\n  - %s%s (from %s): %s", TagPrefix, p.Key, p.Origin, p.Msg)
+	}
+	return b.String()
+}
+
+// Resolve merges the layers in order (later wins) and validates the result.
+// Every problem is reported in one *Error.
+func Resolve(layers ...Layer) (Config, error) {
+	merged := map[string]string{}
+	origin := map[string]Source{}
+	where := map[string]string{}
+	var probs []Problem
+	for _, l := range layers {
+		o := l.Origin
+		if o == "" {
+			o = string(l.Source)
+		}
+		for k, v := range l.Values {
+			if !KnownKey(k) {
+				probs = append(probs, Problem{k, o, "unknown key; known keys: " + strings.Join(knownKeyList(), ", ")})
+				continue
+			}
+			if l.Source == SourceTag {
+				if !tagKeyRE.MatchString(TagPrefix + k) {
+					probs = append(probs, Problem{k, o, "tag keys may only use a-z A-Z 0-9 + - = . , _ : @"})
+				}
+				if len(v) > 256 {
+					probs = append(probs, Problem{k, o, fmt.Sprintf("tag value is %d characters; the limit is 256", len(v))})
+				}
+			}
+			merged[k] = strings.TrimSpace(v)
+			origin[k] = l.Source
+			where[k] = o
+		}
+	}
+	c, more := build(merged, where)
+	probs = append(probs, more...)
+	c.Origins = origin
+	if len(probs) > 0 {
+		sort.SliceStable(probs, func(i, j int) bool { return probs[i].Key < probs[j].Key })
+		return c, &Error{Problems: probs}
+	}
+	return c, nil
+}
+
+func knownKeyList() []string {
+	var ks []string
+	for k := range plainKeys {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	for _, p := range prefixKeys {
+		ks = append(ks, p+"<name>")
+	}
+	return ks
+}
+
+// build turns the merged map into a Config, collecting problems.
+func build(m map[string]string, where map[string]string) (Config, []Problem) {
+	var probs []Problem
+	bad := func(key, format string, args ...any) {
+		probs = append(probs, Problem{Key: key, Origin: where[key], Msg: fmt.Sprintf(format, args...)})
+	}
+	c := Config{
+		Provider:      m["provider"],
+		Project:       m["project"],
+		Version:       m["version"],
+		Image:         m["image"],
+		NginxImage:    m["nginx-image"],
+		PostgresImage: m["postgres-image"],
+		RedisImage:    m["redis-image"],
+		Role:          m["role"],
+		SecretsPrefix: m["secrets-prefix"],
+		DBEndpoint:    m["db-endpoint"],
+		DBName:        m["db-name"],
+		RedisEndpoint: m["redis-endpoint"],
+		RedisURL:      m["redis-url"],
+		LogGroup:      m["log-group"],
+		Secrets:       map[string]secrets.Ref{},
+		Env:           map[string]string{},
+		Workers:       map[string]int{},
+	}
+
+	switch c.Provider {
+	case ProviderAWS, ProviderLocal:
+	default:
+		bad("provider", "%q is not a provider: use aws (tags and Secrets Manager) or local (config.yaml and generated secrets)", c.Provider)
+	}
+	if !projectRE.MatchString(c.Project) {
+		bad("project", "%q is not a valid compose project name: use lowercase letters, digits, '-' and '_'", c.Project)
+	}
+	switch c.Role {
+	case RoleAll, RoleWeb, RoleWorker:
+	default:
+		bad("role", "%q is not a role: use all, web (server and nginx) or worker (scheduler and workers)", c.Role)
+	}
+
+	var layout compose.Layout
+	layoutOK := false
+	if !versionRE.MatchString(c.Version) {
+		bad("version", "%q is not a Redash version tag: use one like 10.1.0.b50633 or 25.8.0", c.Version)
+	} else if l, err := compose.LayoutFor(c.Version); err != nil {
+		bad("version", "%v", err)
+	} else {
+		layout, layoutOK = l, true
+	}
+	if c.Image == "" {
+		c.Image = "redash/redash:" + c.Version
+	}
+	for _, k := range []string{"image", "nginx-image", "postgres-image", "redis-image"} {
+		if v, ok := m[k]; ok && (v == "" || strings.ContainsAny(v, " \t\n")) {
+			bad(k, "%q is not an image reference: use e.g. 123456789012.dkr.ecr.us-east-1.amazonaws.com/redash:10.1.0", v)
+		}
+	}
+
+	var err error
+	if c.Nginx, err = strconv.ParseBool(m["nginx"]); err != nil {
+		bad("nginx", "%q is not true or false", m["nginx"])
+	}
+	c.ServerPort = parsePort(m, "server-port", bad)
+	c.NginxPort = parsePort(m, "nginx-port", bad)
+	if c.Refresh, err = time.ParseDuration(m["refresh"]); err != nil || c.Refresh < 10*time.Second {
+		bad("refresh", "%q is not a duration of at least 10s, e.g. 5m", m["refresh"])
+	}
+	if v, ok := m["web-workers"]; ok {
+		c.WebWorkers = parseCount(v, "web-workers", bad)
+	}
+	if c.LogGroup != "" && !logGroupRE.MatchString(c.LogGroup) {
+		bad("log-group", "%q is not a CloudWatch Logs group name (letters, digits, . - _ / #)", c.LogGroup)
+	}
+
+	workerServices := map[string]bool{}
+	if layoutOK {
+		for _, s := range compose.WorkerServices(layout) {
+			workerServices[s] = true
+		}
+	}
+	for k, v := range m {
+		switch {
+		case strings.HasPrefix(k, "env:"):
+			name := strings.TrimPrefix(k, "env:")
+			if !envNameRE.MatchString(name) {
+				bad(k, "%q is not an environment variable name", name)
+			} else if instead, owned := agentOwnedEnv[name]; owned {
+				bad(k, "%s is built by the agent; set %s instead", name, instead)
+			} else {
+				c.Env[name] = v
+			}
+		case strings.HasPrefix(k, "workers:"):
+			svc := strings.TrimPrefix(k, "workers:")
+			if layoutOK && !workerServices[svc] {
+				bad(k, "%q is not a worker service of Redash %s: use one of %s", svc, c.Version, strings.Join(compose.WorkerServices(layout), ", "))
+				continue
+			}
+			c.Workers[svc] = parseCount(v, k, bad)
+		case strings.HasPrefix(k, "secret:"):
+			name := strings.TrimPrefix(k, "secret:")
+			if !contains(secretNames, name) {
+				bad(k, "%q is not a secret name: use one of %s", name, strings.Join(secretNames, ", "))
+				continue
+			}
+			ref, err := secrets.ParseRef(name, v)
+			if err != nil {
+				bad(k, "%v", err)
+				continue
+			}
+			c.Secrets[name] = ref
+		}
+	}
+
+	if v, ok := m["db-secret"]; ok {
+		ref, err := secrets.ParseRef(secrets.DBSecret, v)
+		if err != nil {
+			bad("db-secret", "%v", err)
+		} else {
+			c.Secrets[secrets.DBSecret] = ref
+		}
+	}
+
+	if c.DBEndpoint != "" {
+		if _, _, err := SplitHostPort(c.DBEndpoint); err != nil {
+			bad("db-endpoint", "%v", err)
+		}
+	}
+	if c.RedisEndpoint != "" {
+		if _, _, err := SplitHostPort(c.RedisEndpoint); err != nil {
+			bad("redis-endpoint", "%v", err)
+		}
+	}
+	if c.RedisEndpoint != "" && c.RedisURL != "" {
+		bad("redis-url", "both redash:redis-endpoint and redash:redis-url are set: keep one")
+	}
+	if c.RedisURL != "" && !strings.HasPrefix(c.RedisURL, "redis://") && !strings.HasPrefix(c.RedisURL, "rediss://") {
+		bad("redis-url", "%q must start with redis:// or rediss://", c.RedisURL)
+	}
+
+	if c.Provider == ProviderAWS {
+		// The seed's secrets, below the prefix, unless overridden one by one.
+		if !strings.HasSuffix(c.SecretsPrefix, "/") && c.SecretsPrefix != "" {
+			// "Redash" and "Redash/" both mean the seed layout; a prefix is a path.
+			c.SecretsPrefix += "/"
+		}
+		for name, path := range seedSecretPaths {
+			if _, set := c.Secrets[name]; set {
+				continue
+			}
+			if c.UsesDBSecret() && (name == secrets.DBUser || name == secrets.DBPassword) {
+				continue // taken from the RDS-shaped JSON secret
+			}
+			c.Secrets[name] = secrets.Ref{Name: name, SecretID: c.SecretsPrefix + path}
+		}
+		if c.DBEndpoint == "" && !c.UsesDBSecret() {
+			bad("db-endpoint", "no database endpoint: tag the instance with redash:db-endpoint=<aurora-writer-endpoint>:5432, or redash:db-secret=<RDS-managed secret>")
+		}
+		if c.RedisEndpoint == "" && c.RedisURL == "" {
+			bad("redis-endpoint", "no Redis endpoint: tag the instance with redash:redis-endpoint=<elasticache-primary-endpoint>:6379 or redash:redis-url=rediss://...")
+		}
+	}
+	if c.Provider == ProviderLocal {
+		// Generated once and kept under the state directory; an operator
+		// may write db-user/db-password there for an external database.
+		c.Secrets = map[string]secrets.Ref{}
+		names := []string{secrets.DBPassword, secrets.CookieSecret, secrets.SecretKey}
+		if c.DBEndpoint != "" {
+			names = append(names, secrets.DBUser)
+		}
+		for _, n := range names {
+			c.Secrets[n] = secrets.Ref{Name: n, SecretID: "local:" + n}
+		}
+		if _, set := m["db-secret"]; set {
+			bad("db-secret", "provider local keeps its secrets under the state directory; remove redash:db-secret or use provider aws")
+		}
+	}
+	return c, probs
+}
+
+func parsePort(m map[string]string, key string, bad func(string, string, ...any)) int {
+	p, err := strconv.Atoi(m[key])
+	if err != nil || p < 1 || p > 65535 {
+		bad(key, "%q is not a TCP port (1-65535)", m[key])
+		return 0
+	}
+	return p
+}
+
+func parseCount(v, key string, bad func(string, string, ...any)) int {
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > 64 {
+		bad(key, "%q is not a worker count between 1 and 64", v)
+		return 0
+	}
+	return n
+}
+
+// SplitHostPort parses "host:port" with a numeric port.
+func SplitHostPort(s string) (string, int, error) {
+	host, ps, err := net.SplitHostPort(s)
+	if err != nil || host == "" {
+		return "", 0, fmt.Errorf("%q is not host:port, e.g. mydb.cluster-abc.us-east-1.rds.amazonaws.com:5432", s)
+	}
+	port, err := strconv.Atoi(ps)
+	if err != nil || port < 1 || port > 65535 {
+		return "", 0, fmt.Errorf("%q has no valid port (1-65535)", s)
+	}
+	return host, port, nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,207 @@
+// Package desired turns a resolved configuration and the fetched secrets into
+// what the host should hold: the env file's variables, the compose spec and
+// the database to migrate. It is pure (values in, values out), so the whole
+// mapping from tags to containers is tested without I/O.
+package desired
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/redash-agent/redash-agent/internal/compose"
+	"github.com/redash-agent/redash-agent/internal/config"
+	"github.com/redash-agent/redash-agent/internal/secrets"
+)
+
+// DB is the database the server uses, for migrations and status.
+type DB struct {
+	Host     string
+	Port     int
+	User     string
+	Password secrets.Value
+	Name     string
+}
+
+// State is everything the agent renders from one configuration.
+type State struct {
+	Env  map[string]string // the env file: plaintext secrets live only here
+	Spec compose.Spec
+	DB   DB
+}
+
+// Bundled service endpoints for provider local.
+const (
+	localDBHost    = "postgres"
+	localDBUser    = "postgres"
+	localRedisURL  = "redis://redis:6379/0"
+	defaultPGPort  = 5432
+	defaultRedisDB = "0"
+)
+
+// Build maps cfg and the fetched secrets (keyed by logical name) to State.
+// A secret the configuration needs but got is an error naming it.
+func Build(cfg config.Config, got map[string]secrets.Secret, dir string) (State, error) {
+	var errs []error
+	need := func(name string) secrets.Value {
+		s, ok := got[name]
+		if !ok || s.Value.IsZero() {
+			errs = append(errs, fmt.Errorf("secret %q is missing or empty", name))
+			return secrets.Value{}
+		}
+		return s.Value
+	}
+
+	db, err := database(cfg, got, need)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	redisURL := redis(cfg, got)
+
+	env := map[string]string{
+		// As in getredash/setup's env: unbuffered logs reach `docker logs` at once.
+		"PYTHONUNBUFFERED":     "0",
+		"REDASH_LOG_LEVEL":     "INFO",
+		"REDASH_COOKIE_SECRET": need(secrets.CookieSecret).Reveal(),
+		"REDASH_SECRET_KEY":    need(secrets.SecretKey).Reveal(),
+		"REDASH_REDIS_URL":     redisURL,
+	}
+	if len(errs) == 0 {
+		env["REDASH_DATABASE_URL"] = DatabaseURL(db)
+	}
+	local := cfg.Provider == config.ProviderLocal
+	if local && cfg.DBEndpoint == "" {
+		env["POSTGRES_PASSWORD"] = db.Password.Reveal()
+	}
+	for k, v := range cfg.Env {
+		env[k] = v
+	}
+	if len(errs) > 0 {
+		return State{}, errors.Join(errs...)
+	}
+
+	spec := compose.Spec{
+		Project:       cfg.Project,
+		Dir:           dir,
+		Version:       cfg.Version,
+		Image:         cfg.Image,
+		NginxImage:    cfg.NginxImage,
+		Role:          cfg.Role,
+		Nginx:         cfg.Nginx,
+		Local:         local && cfg.DBEndpoint == "" && cfg.RedisEndpoint == "" && cfg.RedisURL == "",
+		PostgresImage: cfg.PostgresImage,
+		RedisImage:    cfg.RedisImage,
+		WebWorkers:    cfg.WebWorkers,
+		Workers:       cfg.Workers,
+		LogGroup:      cfg.LogGroup,
+		Region:        cfg.Region,
+		ServerPort:    cfg.ServerPort,
+		NginxPort:     cfg.NginxPort,
+	}
+	return State{Env: env, Spec: spec, DB: db}, nil
+}
+
+func database(cfg config.Config, got map[string]secrets.Secret, need func(string) secrets.Value) (DB, error) {
+	var db DB
+	if cfg.Provider == config.ProviderLocal && cfg.DBEndpoint == "" {
+		return DB{Host: localDBHost, Port: defaultPGPort, User: localDBUser, Password: need(secrets.DBPassword), Name: localDBUser}, nil
+	}
+	if cfg.UsesDBSecret() {
+		s, ok := got[secrets.DBSecret]
+		if !ok {
+			return db, fmt.Errorf("secret %q is missing", secrets.DBSecret)
+		}
+		creds, err := secrets.ParseDBSecret(s)
+		if err != nil {
+			return db, err
+		}
+		db = DB{Host: creds.Host, Port: creds.Port, User: creds.Username, Password: creds.Password, Name: creds.DBName}
+	}
+	// Explicit settings win over the JSON secret's fields.
+	if cfg.DBEndpoint != "" {
+		host, port, err := config.SplitHostPort(cfg.DBEndpoint)
+		if err != nil {
+			return db, err
+		}
+		db.Host, db.Port = host, port
+	}
+	if _, ok := cfg.Secrets[secrets.DBUser]; ok {
+		db.User = need(secrets.DBUser).Reveal()
+	}
+	if _, ok := cfg.Secrets[secrets.DBPassword]; ok {
+		db.Password = need(secrets.DBPassword)
+	}
+	if cfg.DBName != "" {
+		db.Name = cfg.DBName
+	}
+	if db.Name == "" {
+		db.Name = db.User // as in the seed: the database is named after its user
+	}
+	if db.Port == 0 {
+		db.Port = defaultPGPort
+	}
+	if db.Host == "" {
+		return db, fmt.Errorf("no database host: set redash:db-endpoint or put host in the redash:db-secret JSON")
+	}
+	return db, nil
+}
+
+func redis(cfg config.Config, got map[string]secrets.Secret) string {
+	auth := ""
+	if s, ok := got[secrets.RedisAuth]; ok {
+		auth = s.Value.Reveal()
+	}
+	switch {
+	case cfg.RedisURL != "":
+		if auth == "" {
+			return cfg.RedisURL
+		}
+		scheme, rest, _ := strings.Cut(cfg.RedisURL, "://")
+		if i := strings.LastIndex(strings.SplitN(rest, "/", 2)[0], "@"); i >= 0 {
+			rest = rest[i+1:] // the secret replaces credentials written in the URL
+		}
+		return scheme + "://:" + Escape(auth) + "@" + rest
+	case cfg.RedisEndpoint != "":
+		userinfo := ""
+		if auth != "" {
+			userinfo = ":" + Escape(auth) + "@"
+		}
+		return "redis://" + userinfo + cfg.RedisEndpoint + "/" + defaultRedisDB
+	default:
+		return localRedisURL
+	}
+}
+
+// DatabaseURL is REDASH_DATABASE_URL: postgresql://user:password@host:port/dbname
+// with user, password and database name percent-encoded.
+func DatabaseURL(db DB) string {
+	return "postgresql://" + Escape(db.User) + ":" + Escape(db.Password.Reveal()) + "@" +
+		hostPort(db.Host, db.Port) + "/" + Escape(db.Name)
+}
+
+func hostPort(host string, port int) string {
+	if strings.Contains(host, ":") {
+		host = "[" + host + "]"
+	}
+	return host + ":" + strconv.Itoa(port)
+}
+
+// Escape percent-encodes every byte outside RFC 3986's unreserved set. That is
+// stricter than url.UserPassword (which keeps + ; , = & $) and so decodes the
+// same in SQLAlchemy, psycopg2 and redis-py, whatever the password holds.
+func Escape(s string) string {
+	const hex = "0123456789ABCDEF"
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.' || c == '_' || c == '~' {
+			b.WriteByte(c)
+			continue
+		}
+		b.WriteByte('%')
+		b.WriteByte(hex[c>>4])
+		b.WriteByte(hex[c&15])
+	}
+	return b.String()
+}

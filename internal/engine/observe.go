@@ -1,0 +1,86 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+)
+
+// Observed is what the Docker Engine holds for one project.
+type Observed struct {
+	Project    string
+	Containers []Container // every container with the project label, by name
+	Network    *Network    // the project's default network; nil when missing
+}
+
+// Container is one observed container, read from its labels and state.
+type Container struct {
+	ID      string
+	Name    string // without Docker's leading "/"
+	Service string
+	Number  string
+	OneOff  bool
+	Hash    string
+	Image   string
+	State   string // created, running, restarting, exited, paused, dead, removing
+}
+
+// Network is the observed project network.
+type Network struct {
+	ID   string
+	Name string
+}
+
+// Observe lists the containers (running or not) that carry the project label
+// and the project's default network. It only reads.
+func (e *Engine) Observe(ctx context.Context, project string) (Observed, error) {
+	o := Observed{Project: project}
+	cctx, cancel := e.call(ctx)
+	defer cancel()
+	list, err := e.Docker.ContainerList(cctx, container.ListOptions{
+		All:     true,
+		Filters: filters.NewArgs(filters.Arg("label", LabelProject+"="+project)),
+	})
+	if err != nil {
+		return o, fmt.Errorf("listing containers of project %q: %w: check that dockerd is running and reachable", project, err)
+	}
+	for _, s := range list {
+		name := ""
+		if len(s.Names) > 0 {
+			name = strings.TrimPrefix(s.Names[0], "/")
+		}
+		o.Containers = append(o.Containers, Container{
+			ID:      s.ID,
+			Name:    name,
+			Service: s.Labels[LabelService],
+			Number:  s.Labels[LabelContainerNumber],
+			OneOff:  !strings.EqualFold(s.Labels[LabelOneOff], oneOffFalse),
+			Hash:    s.Labels[LabelConfigHash],
+			Image:   s.Image,
+			State:   string(s.State),
+		})
+	}
+	slices.SortFunc(o.Containers, func(a, b Container) int { return strings.Compare(a.Name, b.Name) })
+
+	n, err := e.findNetwork(ctx, project)
+	if err != nil {
+		return o, err
+	}
+	o.Network = n
+	return o, nil
+}
+
+// findNetwork finds the project network by exact name (Docker's name filter
+// matches substrings). A network left by docker-compose v1 has the same name,
+// so it is reused rather than duplicated; of duplicates, the lowest ID wins.
+func (e *Engine) findNetwork(ctx context.Context, project string) (*Network, error) {
+	nets, err := e.exactNetworks(ctx, networkName(project))
+	if err != nil || len(nets) == 0 {
+		return nil, err
+	}
+	return &Network{ID: nets[0].ID, Name: nets[0].Name}, nil
+}

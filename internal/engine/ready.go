@@ -1,0 +1,215 @@
+package engine
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/pkg/stdcopy"
+)
+
+const (
+	// serverPort is where Redash's gunicorn listens in its container.
+	serverPort = 5000
+	// stableFor is how long a container without a readiness endpoint must
+	// run, unrestarted, to count as up: long enough to catch an immediate
+	// crash, short enough not to slow a boot.
+	stableFor = time.Second
+	// pollEvery paces readiness polls.
+	pollEvery = 200 * time.Millisecond
+	// logLines is how much of a failing container's log an error carries.
+	logLines = 20
+)
+
+// WaitReady waits, at most HealthTimeout, until every service of d runs: the
+// server answers GET /ping, the others have run for a moment without a
+// restart. A container that crash-loops (restarts, or exits non-zero) fails
+// at once, with its last log lines, instead of being waited on.
+func (e *Engine) WaitReady(ctx context.Context, d Desired) error {
+	return e.waitFor(ctx, d, serviceOrder(d.Project))
+}
+
+// waitServer is the wait Apply does between the server and the rest.
+func (e *Engine) waitServer(ctx context.Context, d Desired) error {
+	return e.waitFor(ctx, d, []string{ServerService})
+}
+
+func (e *Engine) waitFor(ctx context.Context, d Desired, services []string) error {
+	ctx, cancel := context.WithTimeout(ctx, e.healthTimeout())
+	defer cancel()
+	project := d.Project.Name
+	baseline := map[string]int{} // restart count per container ID at start
+	httpc := &http.Client{Timeout: 2 * time.Second}
+	for {
+		var pending []string
+		for _, name := range services {
+			cname := containerName(project, name)
+			cctx, ccancel := e.call(ctx)
+			c, err := e.Docker.ContainerInspect(cctx, cname)
+			ccancel()
+			if cerrdefs.IsNotFound(err) {
+				pending = append(pending, fmt.Sprintf("%s: no container %s", name, cname))
+				continue
+			}
+			if err != nil {
+				if ctx.Err() != nil {
+					// The deadline hit mid-poll: report it below as not ready.
+					pending = append(pending, name+": "+err.Error())
+					continue
+				}
+				return fmt.Errorf("inspecting container %q: %w: check that dockerd is running", cname, err)
+			}
+			if _, ok := baseline[c.ID]; !ok {
+				baseline[c.ID] = c.RestartCount
+			}
+			st := c.State
+			if st == nil {
+				pending = append(pending, name+": no state")
+				continue
+			}
+			if st.Restarting || c.RestartCount > baseline[c.ID] || (st.Status == "exited" && st.ExitCode != 0) {
+				return fmt.Errorf("waiting for service %q: container %q keeps failing (state %s, exit code %d, %d restarts): fix the cause shown in its last log lines, then run up again:\n%s",
+					name, cname, st.Status, st.ExitCode, c.RestartCount, e.lastLogs(ctx, c.ID))
+			}
+			if st.Status != "running" {
+				pending = append(pending, fmt.Sprintf("%s: %s", name, st.Status))
+				continue
+			}
+			if st.Health != nil && st.Health.Status == "unhealthy" {
+				pending = append(pending, name+": unhealthy")
+				continue
+			}
+			if name == ServerService {
+				if err := ping(ctx, httpc, serverAddr(d, c)); err != nil {
+					pending = append(pending, fmt.Sprintf("%s: /ping: %v", name, err))
+				}
+				continue
+			}
+			started, _ := time.Parse(time.RFC3339Nano, st.StartedAt)
+			if time.Since(started) < stableFor {
+				pending = append(pending, name+": just started")
+			}
+		}
+		if len(pending) == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for project %q to be ready: not ready after %s (%s): check `docker logs` of those containers", project, e.healthTimeout(), strings.Join(pending, "; "))
+		case <-time.After(pollEvery):
+		}
+	}
+}
+
+// serverAddr is where the host reaches the server: its published port for
+// 5000, else its address on the project network (reachable from the host
+// on a Linux bridge).
+func serverAddr(d Desired, c container.InspectResponse) string {
+	if a := publishedPort(d.Project.Services[ServerService], serverPort); a != "" {
+		return a
+	}
+	if c.NetworkSettings != nil {
+		if n := c.NetworkSettings.Networks[networkName(d.Project.Name)]; n != nil && n.IPAddress != "" {
+			return fmt.Sprintf("%s:%d", n.IPAddress, serverPort)
+		}
+	}
+	return ""
+}
+
+func ping(ctx context.Context, c *http.Client, addr string) error {
+	if addr == "" {
+		return fmt.Errorf("no published port and no network address yet")
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/ping", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("status %d", resp.StatusCode)
+	}
+	return nil
+}
+
+// lastLogs returns the container's last log lines (stdout and stderr), or
+// why they could not be read.
+func (e *Engine) lastLogs(ctx context.Context, id string) string {
+	cctx, cancel := e.call(ctx)
+	defer cancel()
+	rc, err := e.Docker.ContainerLogs(cctx, id, container.LogsOptions{ShowStdout: true, ShowStderr: true, Tail: fmt.Sprint(logLines)})
+	if err != nil {
+		return fmt.Sprintf("(reading logs: %v)", err)
+	}
+	defer rc.Close()
+	var buf bytes.Buffer
+	// Our containers have no TTY, so the stream is multiplexed.
+	if _, err := stdcopy.StdCopy(&buf, &buf, io.LimitReader(rc, 1<<20)); err != nil && buf.Len() == 0 {
+		return fmt.Sprintf("(reading logs: %v)", err)
+	}
+	lines := strings.Split(strings.TrimRight(buf.String(), "\n"), "\n")
+	if len(lines) > logLines {
+		lines = lines[len(lines)-logLines:]
+	}
+	return "  " + strings.Join(lines, "\n  ")
+}
+
+// ServiceStatus is one service as `status` shows it.
+type ServiceStatus struct {
+	Service      string
+	Container    string
+	State        string // Docker's state, or "missing"
+	Health       string // healthy, unhealthy, starting, or "" without a healthcheck
+	Image        string
+	HashCurrent  bool // created from the current configuration
+	RestartCount int
+}
+
+// Status reports each desired service's container. It only reads.
+func (e *Engine) Status(ctx context.Context, d Desired) ([]ServiceStatus, error) {
+	if err := validate(d); err != nil {
+		return nil, err
+	}
+	o, err := e.Observe(ctx, d.Project.Name)
+	if err != nil {
+		return nil, err
+	}
+	var out []ServiceStatus
+	for _, name := range serviceOrder(d.Project) {
+		svc := d.Project.Services[name]
+		svc.Name = name
+		cname := containerName(d.Project.Name, name)
+		s := ServiceStatus{Service: name, Container: cname, State: "missing", Image: svc.Image}
+		i := slices.IndexFunc(o.Containers, func(c Container) bool { return c.Name == cname })
+		if i >= 0 {
+			c := o.Containers[i]
+			s.State, s.Image = c.State, c.Image
+			s.HashCurrent = c.Hash == ConfigHash(svc, d.Env, d.HashKey)
+			cctx, cancel := e.call(ctx)
+			in, err := e.Docker.ContainerInspect(cctx, c.ID)
+			cancel()
+			if err != nil && !cerrdefs.IsNotFound(err) {
+				return nil, fmt.Errorf("inspecting container %q: %w: check that dockerd is running", cname, err)
+			}
+			if err == nil {
+				s.RestartCount = in.RestartCount
+				if in.State != nil && in.State.Health != nil {
+					s.Health = in.State.Health.Status
+				}
+			}
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}

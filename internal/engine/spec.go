@@ -1,0 +1,264 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/compose-spec/compose-go/v2/types"
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/mount"
+	"github.com/docker/docker/api/types/network"
+	"github.com/docker/docker/api/types/strslice"
+	"github.com/docker/go-connections/nat"
+)
+
+// spec is everything ContainerCreate needs for one service.
+type spec struct {
+	Config     *container.Config
+	HostConfig *container.HostConfig
+	Networking *network.NetworkingConfig
+}
+
+// validate rejects what the engine cannot run faithfully, naming every bad
+// service and field at once, before anything is touched.
+func validate(d Desired) error {
+	if d.Project == nil {
+		return errors.New("converging: no compose project given")
+	}
+	if d.Project.Name == "" {
+		return errors.New("converging: the compose project has no name: set it (the agent uses \"redash\")")
+	}
+	if len(d.Project.Services) == 0 {
+		return fmt.Errorf("converging project %q: it has no services: check redash:role and the layout", d.Project.Name)
+	}
+	var bad []string
+	for _, name := range slices.Sorted(maps.Keys(d.Project.Services)) {
+		svc := d.Project.Services[name]
+		if svc.Image == "" {
+			bad = append(bad, fmt.Sprintf("service %q has no image (the agent never builds)", name))
+		}
+		for n := range svc.Networks {
+			if n != defaultNetwork {
+				bad = append(bad, fmt.Sprintf("service %q uses network %q (only %q is supported)", name, n, defaultNetwork))
+			}
+		}
+		if svc.NetworkMode != "" {
+			bad = append(bad, fmt.Sprintf("service %q sets network_mode (not supported)", name))
+		}
+		if len(svc.Secrets) > 0 || len(svc.Configs) > 0 || len(svc.Devices) > 0 || len(svc.VolumesFrom) > 0 {
+			bad = append(bad, fmt.Sprintf("service %q uses secrets, configs, devices or volumes_from (not supported)", name))
+		}
+		for _, p := range svc.Ports {
+			if strings.Contains(p.Published, "-") {
+				bad = append(bad, fmt.Sprintf("service %q publishes a port range %q (publish single ports)", name, p.Published))
+			}
+		}
+	}
+	if len(bad) > 0 {
+		return fmt.Errorf("converging project %q: %s: fix the rendered compose project", d.Project.Name, strings.Join(bad, "; "))
+	}
+	return nil
+}
+
+// buildSpec turns a compose service into the container the engine creates.
+// It is pure. Every input that reaches the result is covered by ConfigHash
+// (a change here means bumping hashVersion).
+func buildSpec(d Desired, svc types.ServiceConfig, hash string) spec {
+	project := d.Project.Name
+	labels := map[string]string{}
+	maps.Copy(labels, svc.Labels)
+	labels[LabelProject] = project
+	labels[LabelService] = svc.Name
+	labels[LabelContainerNumber] = containerNumber
+	labels[LabelOneOff] = oneOffFalse
+	labels[LabelConfigHash] = hash
+	labels[LabelManagedBy] = managedBy
+	if d.Project.WorkingDir != "" {
+		labels[LabelWorkingDir] = d.Project.WorkingDir
+	}
+	if len(d.Project.ComposeFiles) > 0 {
+		labels[LabelConfigFiles] = strings.Join(d.Project.ComposeFiles, ",")
+	}
+
+	env := serviceEnv(svc, d.Env)
+	envList := make([]string, 0, len(env))
+	for _, k := range slices.Sorted(maps.Keys(env)) {
+		envList = append(envList, k+"="+env[k])
+	}
+
+	exposed := nat.PortSet{}
+	bindings := nat.PortMap{}
+	for _, p := range svc.Ports {
+		proto := p.Protocol
+		if proto == "" {
+			proto = "tcp"
+		}
+		port := nat.Port(fmt.Sprintf("%d/%s", p.Target, proto))
+		exposed[port] = struct{}{}
+		bindings[port] = append(bindings[port], nat.PortBinding{HostIP: p.HostIP, HostPort: p.Published})
+	}
+	for _, x := range svc.Expose {
+		port := nat.Port(x)
+		if !strings.Contains(x, "/") {
+			port = nat.Port(x + "/tcp")
+		}
+		exposed[port] = struct{}{}
+	}
+
+	cfg := &container.Config{
+		Image:        svc.Image,
+		Env:          envList,
+		Labels:       labels,
+		ExposedPorts: exposed,
+		User:         svc.User,
+		WorkingDir:   svc.WorkingDir,
+		Hostname:     svc.Hostname,
+		StopSignal:   svc.StopSignal,
+		Tty:          svc.Tty,
+		OpenStdin:    svc.StdinOpen,
+	}
+	if len(svc.Command) > 0 {
+		cfg.Cmd = strslice.StrSlice(svc.Command)
+	}
+	if len(svc.Entrypoint) > 0 {
+		cfg.Entrypoint = strslice.StrSlice(svc.Entrypoint)
+	}
+	if svc.StopGracePeriod != nil {
+		s := int(time.Duration(*svc.StopGracePeriod).Seconds())
+		cfg.StopTimeout = &s
+	}
+	if hc := svc.HealthCheck; hc != nil {
+		cfg.Healthcheck = &container.HealthConfig{Test: hc.Test}
+		if hc.Disable {
+			cfg.Healthcheck.Test = []string{"NONE"}
+		}
+		if hc.Interval != nil {
+			cfg.Healthcheck.Interval = time.Duration(*hc.Interval)
+		}
+		if hc.Timeout != nil {
+			cfg.Healthcheck.Timeout = time.Duration(*hc.Timeout)
+		}
+		if hc.StartPeriod != nil {
+			cfg.Healthcheck.StartPeriod = time.Duration(*hc.StartPeriod)
+		}
+		if hc.Retries != nil {
+			cfg.Healthcheck.Retries = int(*hc.Retries)
+		}
+	}
+
+	host := &container.HostConfig{
+		PortBindings: bindings,
+		// on-failure whatever the compose file says: Docker restarts a
+		// crashed container, but never starts Redash at daemon start; only
+		// the agent does, after rendering fresh config (DESIGN.md).
+		RestartPolicy:  container.RestartPolicy{Name: container.RestartPolicyOnFailure},
+		Init:           svc.Init,
+		CapAdd:         svc.CapAdd,
+		CapDrop:        svc.CapDrop,
+		Privileged:     svc.Privileged,
+		ReadonlyRootfs: svc.ReadOnly,
+		SecurityOpt:    svc.SecurityOpt,
+		ExtraHosts:     svc.ExtraHosts.AsList(":"),
+		DNS:            svc.DNS,
+		ShmSize:        int64(svc.ShmSize),
+		NetworkMode:    container.NetworkMode(networkName(project)),
+	}
+	host.Resources.Memory = int64(svc.MemLimit)
+	if len(svc.Sysctls) > 0 {
+		host.Sysctls = map[string]string(svc.Sysctls)
+	}
+	for _, name := range slices.Sorted(maps.Keys(svc.Ulimits)) {
+		u := svc.Ulimits[name]
+		soft, hard := int64(u.Soft), int64(u.Hard)
+		if u.Single != 0 {
+			soft, hard = int64(u.Single), int64(u.Single)
+		}
+		host.Ulimits = append(host.Ulimits, &container.Ulimit{Name: name, Soft: soft, Hard: hard})
+	}
+	if svc.Logging != nil && svc.Logging.Driver != "" {
+		host.LogConfig = container.LogConfig{Type: svc.Logging.Driver, Config: map[string]string(svc.Logging.Options)}
+	} else if svc.LogDriver != "" {
+		host.LogConfig = container.LogConfig{Type: svc.LogDriver, Config: svc.LogOpt}
+	}
+	for _, v := range svc.Volumes {
+		if v.Type == types.VolumeTypeBind {
+			// The -v form, like compose's short syntax, creates a missing
+			// host path; the mount API would refuse it.
+			b := v.Source + ":" + v.Target
+			if v.ReadOnly {
+				b += ":ro"
+			}
+			host.Binds = append(host.Binds, b)
+			continue
+		}
+		host.Mounts = append(host.Mounts, volumeMount(d.Project, v))
+	}
+	for _, t := range svc.Tmpfs {
+		host.Mounts = append(host.Mounts, mount.Mount{Type: mount.TypeTmpfs, Target: t})
+	}
+
+	// compose v2 makes the service name an alias; the server is also
+	// "redash", the upstream the redash/nginx image proxies to.
+	aliases := []string{svc.Name}
+	if svc.Name == ServerService {
+		aliases = append(aliases, serverAlias)
+	}
+	if n := svc.Networks[defaultNetwork]; n != nil {
+		for _, a := range n.Aliases {
+			if !slices.Contains(aliases, a) {
+				aliases = append(aliases, a)
+			}
+		}
+	}
+	netcfg := &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{
+		networkName(project): {Aliases: aliases},
+	}}
+	return spec{Config: cfg, HostConfig: host, Networking: netcfg}
+}
+
+// volumeMount maps a compose volume; named volumes get the project's name
+// for them (compose-go resolves it to "<project>_<name>" when loading).
+func volumeMount(p *types.Project, v types.ServiceVolumeConfig) mount.Mount {
+	m := mount.Mount{Type: mount.Type(v.Type), Source: v.Source, Target: v.Target, ReadOnly: v.ReadOnly}
+	switch v.Type {
+	case types.VolumeTypeVolume:
+		if v.Source != "" {
+			m.Source = p.Name + "_" + v.Source
+			if cfg, ok := p.Volumes[v.Source]; ok && cfg.Name != "" {
+				m.Source = cfg.Name
+			}
+		}
+		if v.Volume != nil && v.Volume.NoCopy {
+			m.VolumeOptions = &mount.VolumeOptions{NoCopy: true}
+		}
+	case types.VolumeTypeTmpfs:
+		m.Source = ""
+		if v.Tmpfs != nil && v.Tmpfs.Size > 0 {
+			m.TmpfsOptions = &mount.TmpfsOptions{SizeBytes: int64(v.Tmpfs.Size)}
+		}
+	}
+	return m
+}
+
+// publishedPort returns the host address for a container port of a service,
+// or "" when the service does not publish it.
+func publishedPort(svc types.ServiceConfig, target uint32) string {
+	for _, p := range svc.Ports {
+		if p.Target == target && p.Published != "" && (p.Protocol == "" || p.Protocol == "tcp") {
+			ip := p.HostIP
+			if ip == "" || ip == "0.0.0.0" || ip == "::" {
+				ip = "127.0.0.1"
+			}
+			if _, err := strconv.Atoi(p.Published); err != nil {
+				return ""
+			}
+			return ip + ":" + p.Published
+		}
+	}
+	return ""
+}

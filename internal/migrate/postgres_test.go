@@ -1,0 +1,249 @@
+package migrate
+
+// Tests against the real PostgreSQL of scripts/ci-postgres.sh, with no
+// Docker: the runner only answers `manage db heads`, so any attempt to
+// migrate fails the test.
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/redash-agent/redash-agent/internal/secrets"
+	"github.com/redash-agent/redash-agent/internal/testenv"
+)
+
+func target(pg testenv.PG, db string) Target {
+	return Target{Host: pg.Host, Port: pg.Port, User: pg.User, Password: secrets.NewValue(pg.Password), DBName: db}
+}
+
+func execSQL(t testing.TB, pg testenv.PG, db, sql string, args ...any) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	conn, err := pg.Connect(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, sql, args...); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+// assertNoSecret fails when err's text holds the password.
+func assertNoSecret(t testing.TB, err error, pg testenv.PG) {
+	t.Helper()
+	if err != nil && strings.Contains(err.Error(), pg.Password) {
+		t.Errorf("error text contains the password: %v", err)
+	}
+}
+
+func testLogger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+func TestInspectRealPostgres(t *testing.T) {
+	pg := testenv.Postgres(t)
+	for _, tc := range []struct {
+		name, setup string
+		want        State
+	}{
+		{"empty", "", StateEmpty},
+		{"other schemas do not count", "CREATE SCHEMA side; CREATE TABLE side.t (i int)", StateEmpty},
+		{"at head", "CREATE TABLE users (i int); CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY); INSERT INTO alembic_version VALUES ('r2')", StateCurrent},
+		{"behind", "CREATE TABLE users (i int); CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY); INSERT INTO alembic_version VALUES ('r1')", StateBehind},
+		{"no alembic_version", "CREATE TABLE users (i int)", StateUnknown},
+		{"alembic_version without row", "CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)", StateUnknown},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			db := pg.NewDatabase(t)
+			if tc.setup != "" {
+				execSQL(t, pg, db, tc.setup)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			defer cancel()
+			got, err := Inspect(ctx, target(pg, db), "r2")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tc.want {
+				t.Errorf("Inspect = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestRunCurrentDatabaseRunsNothing(t *testing.T) {
+	pg := testenv.Postgres(t)
+	db := pg.NewDatabase(t)
+	execSQL(t, pg, db, "CREATE TABLE users (i int); CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY); INSERT INTO alembic_version VALUES ('r1')")
+	r := &headsRunner{t: t, head: "r1"}
+	cache := t.TempDir() + "/heads.json"
+	o := Options{Target: target(pg, db), Image: "img", ImageID: "sha256:1", Project: "p", Runner: r, HeadsCache: cache, Logger: testLogger(t)}
+	for i := range 2 {
+		res, err := Run(context.Background(), o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res != (Result{Before: StateCurrent, After: StateCurrent, Head: "r1"}) {
+			t.Errorf("Run #%d = %+v", i, res)
+		}
+	}
+	if got := r.calls(); len(got) != 1 {
+		t.Errorf("one-offs = %q, want one heads for two runs (then cached)", got)
+	}
+}
+
+func TestRunUnreachableDatabase(t *testing.T) {
+	port := testenv.FreePort(t) // nothing listens there
+	r := &headsRunner{t: t, head: "r1"}
+	o := Options{
+		Target:   Target{Host: "127.0.0.1", Port: port, User: "redash", Password: secrets.NewValue("s3cret-pw"), DBName: "redash"},
+		Image:    "img", Project: "p", Runner: r, Deadline: 3 * time.Second, Logger: testLogger(t),
+	}
+	start := time.Now()
+	_, err := Run(context.Background(), o)
+	elapsed := time.Since(start)
+	if err == nil {
+		t.Fatal("Run against a closed port succeeded")
+	}
+	t.Logf("error: %v", err)
+	if want := "127.0.0.1:" + strconv.Itoa(port); !strings.Contains(err.Error(), want) {
+		t.Errorf("error does not name %s: %v", want, err)
+	}
+	if strings.Contains(err.Error(), "s3cret-pw") {
+		t.Errorf("error contains the password: %v", err)
+	}
+	if elapsed > 6*time.Second {
+		t.Errorf("Run took %s with a 3s deadline", elapsed)
+	}
+	if got := r.calls(); len(got) != 0 {
+		t.Errorf("one-offs ran against an unreachable database: %q", got)
+	}
+}
+
+func TestRunWrongPasswordIsFinal(t *testing.T) {
+	pg := testenv.Postgres(t)
+	tg := target(pg, "postgres")
+	tg.Password = secrets.NewValue("definitely-wrong-pw")
+	r := &headsRunner{t: t, head: "r1"}
+	start := time.Now()
+	_, err := Run(context.Background(), Options{Target: tg, Image: "img", Project: "p", Runner: r, Deadline: 20 * time.Second})
+	if err == nil || !strings.Contains(err.Error(), "password authentication failed") {
+		t.Fatalf("Run with a wrong password: %v", err)
+	}
+	if strings.Contains(err.Error(), "definitely-wrong-pw") {
+		t.Errorf("error contains the password: %v", err)
+	}
+	if time.Since(start) > 5*time.Second {
+		t.Errorf("an authentication failure was retried for %s; it is final", time.Since(start))
+	}
+}
+
+func TestRunLockTimeoutNamesHolder(t *testing.T) {
+	pg := testenv.Postgres(t)
+	db := pg.NewDatabase(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cfg := pg.ConnConfig(db)
+	cfg.RuntimeParams["application_name"] = "other-agent ip-10-0-0-7"
+	holderConn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holderConn.Close(context.Background())
+	var pid int32
+	if err := holderConn.QueryRow(ctx, "SELECT pg_backend_pid() FROM (SELECT pg_advisory_lock($1)) l", lockKey).Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+
+	r := &headsRunner{t: t, head: "r1"}
+	o := Options{Target: target(pg, db), Image: "img", Project: "p", Runner: r, LockTimeout: time.Second, Logger: testLogger(t)}
+	start := time.Now()
+	_, err = Run(ctx, o)
+	if err == nil {
+		t.Fatal("Run took a lock another session holds")
+	}
+	t.Logf("error: %v", err)
+	for _, want := range []string{"not granted within 1s", fmt.Sprintf("pid %d", pid), `"other-agent ip-10-0-0-7"`, "pg_terminate_backend"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not contain %q", want)
+		}
+	}
+	assertNoSecret(t, err, pg)
+	if el := time.Since(start); el > 10*time.Second {
+		t.Errorf("lock wait took %s with a 1s LockTimeout", el)
+	}
+	if got := r.calls(); len(got) != 1 {
+		t.Errorf("one-offs = %q, want only heads", got)
+	}
+}
+
+func TestRunWorkerWaitsForHead(t *testing.T) {
+	pg := testenv.Postgres(t)
+
+	t.Run("times out when nobody migrates", func(t *testing.T) {
+		db := pg.NewDatabase(t)
+		r := &headsRunner{t: t, head: "r2"}
+		o := Options{Target: target(pg, db), Image: "img", Project: "p", Role: RoleWorker, Runner: r, Deadline: 3 * time.Second, Logger: testLogger(t)}
+		start := time.Now()
+		res, err := Run(context.Background(), o)
+		if err == nil {
+			t.Fatalf("worker Run on an empty database succeeded: %+v", res)
+		}
+		t.Logf("error: %v", err)
+		for _, want := range []string{`reach revision "r2"`, "still empty", "never migrates", "redash:role=all"} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("error does not contain %q", want)
+			}
+		}
+		if el := time.Since(start); el < 2*time.Second || el > 6*time.Second {
+			t.Errorf("worker gave up after %s with a 3s deadline", el)
+		}
+		if got := r.calls(); len(got) != 1 {
+			t.Errorf("a worker ran one-offs %q, want only heads", got)
+		}
+	})
+
+	t.Run("returns once another instance migrated", func(t *testing.T) {
+		db := pg.NewDatabase(t)
+		execSQL(t, pg, db, "CREATE TABLE users (i int); CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY); INSERT INTO alembic_version VALUES ('r1')")
+		r := &headsRunner{t: t, head: "r2"}
+		o := Options{Target: target(pg, db), Image: "img", Project: "p", Role: RoleWorker, Runner: r, Deadline: 30 * time.Second, Logger: testLogger(t)}
+		go func() {
+			time.Sleep(1500 * time.Millisecond)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			conn, err := pg.Connect(ctx, db)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer conn.Close(context.Background())
+			if _, err := conn.Exec(ctx, "UPDATE alembic_version SET version_num = 'r2'"); err != nil {
+				t.Error(err)
+			}
+		}()
+		res, err := Run(context.Background(), o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res != (Result{Before: StateBehind, After: StateCurrent, Head: "r2"}) {
+			t.Errorf("worker Run = %+v", res)
+		}
+	})
+}

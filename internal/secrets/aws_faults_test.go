@@ -1,0 +1,245 @@
+package secrets
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
+	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
+)
+
+// faultServer speaks the Secrets Manager JSON protocol on loopback and
+// answers the n-th GetSecretValue call (from 1) with reply(n): the faults
+// moto cannot produce on demand (throttling, 5xx, access denied, KMS
+// failures, binary and empty secrets). The real SDK client and retryer run
+// against it.
+type faultServer struct {
+	*httptest.Server
+	mu    sync.Mutex
+	calls int
+}
+
+type reply struct {
+	status int
+	body   string
+}
+
+func ok(value string) reply {
+	b, _ := json.Marshal(map[string]any{"ARN": "arn:aws:secretsmanager:us-east-1:123456789012:secret:s-AbCdEf", "Name": "s", "VersionId": "v-1", "SecretString": value})
+	return reply{200, string(b)}
+}
+
+func awsErr(status int, code, msg string) reply {
+	return reply{status, fmt.Sprintf(`{"__type":%q,"message":%q}`, code, msg)}
+}
+
+func newFaultServer(t *testing.T, script func(n int) reply) *faultServer {
+	fs := &faultServer{}
+	fs.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if got := r.Header.Get("X-Amz-Target"); got != "secretsmanager.GetSecretValue" {
+			http.Error(w, "unexpected target "+got, http.StatusBadRequest)
+			return
+		}
+		io.Copy(io.Discard, r.Body)
+		fs.mu.Lock()
+		fs.calls++
+		n := fs.calls
+		fs.mu.Unlock()
+		rep := script(n)
+		w.Header().Set("Content-Type", "application/x-amz-json-1.1")
+		w.WriteHeader(rep.status)
+		io.WriteString(w, rep.body)
+	}))
+	t.Cleanup(fs.Close)
+	return fs
+}
+
+func (fs *faultServer) Calls() int {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	return fs.calls
+}
+
+func TestFetchFaults(t *testing.T) {
+	tests := []struct {
+		name      string
+		script    func(n int) reply
+		wantValue string   // on success
+		wantErr   []string // substrings, on failure
+		config    bool     // IsConfigError
+		calls     int
+		retries   int // "retrying" log lines
+	}{
+		{name: "throttling then success", script: func(n int) reply {
+			if n <= 2 {
+				return awsErr(400, "ThrottlingException", "Rate exceeded")
+			}
+			return ok("after-throttle")
+		}, wantValue: "after-throttle", calls: 3, retries: 2},
+		{name: "500 then success", script: func(n int) reply {
+			if n == 1 {
+				return awsErr(500, "InternalServiceError", "oops")
+			}
+			return ok("after-500")
+		}, wantValue: "after-500", calls: 2, retries: 1},
+		{name: "503 until attempts run out is transient",
+			script:  func(int) reply { return awsErr(503, "ServiceUnavailable", "try later") },
+			wantErr: []string{`fetching secret "db-password" (id "Redash/RDS/Password") in region us-east-1: `, "kept failing after retries"},
+			calls:   maxAttempts, retries: maxAttempts - 1},
+		{name: "access denied is final",
+			script: func(int) reply {
+				return awsErr(400, "AccessDeniedException", "User: arn:aws:sts::1:assumed-role/redash/i-1 is not authorized")
+			},
+			wantErr: []string{`secret "db-password" (id "Redash/RDS/Password") cannot be read in region us-east-1: access denied`, `grant the instance role secretsmanager:GetSecretValue on "Redash/RDS/Password"`, "assumed-role/redash"},
+			config:  true, calls: 1},
+		{name: "KMS access denied names kms:Decrypt",
+			script:  func(int) reply { return awsErr(400, "AccessDeniedException", "Access to KMS is not allowed") },
+			wantErr: []string{"access to its KMS key denied", "kms:Decrypt"}, config: true, calls: 1},
+		{name: "decryption failure names kms:Decrypt",
+			script:  func(int) reply { return awsErr(400, "DecryptionFailure", "can't decrypt") },
+			wantErr: []string{"cannot be decrypted", "kms:Decrypt", "kms:ViaService"}, config: true, calls: 1},
+		{name: "not found is final",
+			script: func(int) reply {
+				return awsErr(400, "ResourceNotFoundException", "Secrets Manager can't find the specified secret.")
+			},
+			wantErr: []string{`not found in region us-east-1: create it, or point tag redash:secret:db-password at the right id`}, config: true, calls: 1},
+		{name: "scheduled for deletion",
+			script:  func(int) reply { return awsErr(400, "InvalidRequestException", "marked for deletion") },
+			wantErr: []string{"marked for deletion", "restore-secret"}, config: true, calls: 1},
+		{name: "binary secret",
+			script:  func(int) reply { return reply{200, `{"Name":"s","VersionId":"v","SecretBinary":"aGVsbG8="}`} },
+			wantErr: []string{"holds SecretBinary; only SecretString is supported"}, config: true, calls: 1},
+		{name: "empty secret",
+			script:  func(int) reply { return ok("") },
+			wantErr: []string{`secret "db-password" (id "Redash/RDS/Password") is empty`}, config: true, calls: 1},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := newFaultServer(t, tc.script)
+			setAWSEnv(t, srv.URL)
+			logger, logs := logBuffer()
+			// Real backoff shape, shrunk so the test takes milliseconds.
+			f, err := newAWS(testCtx(t), "us-east-1", logger, func(o *retry.StandardOptions) { o.MaxBackoff = 5 * time.Millisecond })
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := f.Fetch(testCtx(t), []Ref{mustRef(t, DBPassword, "Redash/RDS/Password")})
+			if tc.wantErr == nil {
+				if err != nil {
+					t.Fatalf("Fetch: %v", err)
+				}
+				if v := got[DBPassword].Value.Reveal(); v != tc.wantValue {
+					t.Errorf("value = %q, want %q", v, tc.wantValue)
+				}
+			} else {
+				if err == nil {
+					t.Fatalf("Fetch succeeded, want an error")
+				}
+				for _, w := range tc.wantErr {
+					if !strings.Contains(err.Error(), w) {
+						t.Errorf("error %q\ndoes not contain %q", err, w)
+					}
+				}
+				if IsConfigError(err) != tc.config {
+					t.Errorf("IsConfigError = %v, want %v for %q", !tc.config, tc.config, err)
+				}
+			}
+			if c := srv.Calls(); c != tc.calls {
+				t.Errorf("server saw %d calls, want %d", c, tc.calls)
+			}
+			retries := strings.Count(logs.String(), "retrying Secrets Manager request")
+			if retries != tc.retries {
+				t.Errorf("logged %d retries, want %d:\n%s", retries, tc.retries, logs)
+			}
+			if retries > 0 && !strings.Contains(logs.String(), "secret_id=Redash/RDS/Password") {
+				t.Errorf("retry log does not name the secret id:\n%s", logs)
+			}
+		})
+	}
+}
+
+// TestFetchFaultsDefaultBackoff checks that NewAWS's own retryer (no test
+// tuning) retries throttling, and within the first backoff step (a jittered
+// delay of at most a second for throttling), not the SDK's 20s cap.
+func TestFetchFaultsDefaultBackoff(t *testing.T) {
+	var mu sync.Mutex
+	var times []time.Time
+	srv := newFaultServer(t, func(n int) reply {
+		mu.Lock()
+		times = append(times, time.Now())
+		mu.Unlock()
+		if n == 1 {
+			return awsErr(400, "ThrottlingException", "Rate exceeded")
+		}
+		return ok("v")
+	})
+	setAWSEnv(t, srv.URL)
+	f, err := NewAWS(testCtx(t), "us-east-1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Fetch(testCtx(t), []Ref{mustRef(t, SecretKey, "x")}); err != nil {
+		t.Fatal(err)
+	}
+	if len(times) != 2 {
+		t.Fatalf("%d calls, want 2", len(times))
+	}
+	if gap := times[1].Sub(times[0]); gap > 3*time.Second {
+		t.Errorf("gap between attempts %v, want at most the 2s throttling backoff", gap)
+	}
+}
+
+func TestIsConfigError(t *testing.T) {
+	cfg := &Error{Config: true, msg: "c"}
+	tr := &Error{msg: "t"}
+	tests := []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"nil", nil, false},
+		{"config", cfg, true},
+		{"transient", tr, false},
+		{"wrapped config", fmt.Errorf("step: %w", cfg), true},
+		{"joined with a transient one", errors.Join(tr, cfg), true},
+		{"only transient joined", errors.Join(tr, tr), false},
+		{"plain error", io.EOF, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := IsConfigError(tc.err); got != tc.want {
+				t.Errorf("IsConfigError(%v) = %v, want %v", tc.err, got, tc.want)
+			}
+		})
+	}
+}
+
+type noCallAPI struct{ t *testing.T }
+
+func (a noCallAPI) GetSecretValue(context.Context, *secretsmanager.GetSecretValueInput, ...func(*secretsmanager.Options)) (*secretsmanager.GetSecretValueOutput, error) {
+	a.t.Error("GetSecretValue called for refs that should have been rejected")
+	return nil, errors.New("unreachable")
+}
+
+func TestFetchRejectsBadRefs(t *testing.T) {
+	_, err := (&Fetcher{API: noCallAPI{t}}).Fetch(context.Background(), []Ref{
+		{Name: DBUser, SecretID: "a"}, {Name: DBUser, SecretID: "b"}, {Name: SecretKey}, {SecretID: "c"},
+	})
+	for _, w := range []string{`secret "db-user" is referenced twice`, `secret "secret-key" has an empty secret id: set tag redash:secret:secret-key`, `secret with id "c" has no logical name`} {
+		if err == nil || !strings.Contains(err.Error(), w) {
+			t.Errorf("error %v does not contain %q", err, w)
+		}
+	}
+	if !IsConfigError(err) {
+		t.Errorf("IsConfigError = false")
+	}
+}

@@ -1,0 +1,181 @@
+package main
+
+// The database commands act on the real PostgreSQL named by
+// REDASH_DATABASE_URL, the way Redash's create_db and Flask-Migrate do, so
+// tests of internal/migrate observe real effects:
+//
+//	create_db            empty public schema: create a couple of tables and
+//	                     alembic_version stamped with the head; otherwise do
+//	                     nothing (Redash takes no lock and checks nothing else)
+//	manage db heads      print "<head> (head)"; needs no database
+//	manage db upgrade    when version_num != head: add one table for the head
+//	                     revision and set version_num = head, in one transaction
+//
+// The head is FAKEREDASH_HEAD (baked into the test image). Knobs:
+// FAKEREDASH_UPGRADE_SLEEP=<seconds> sleeps inside the upgrade transaction (a
+// kill then rolls it back, as with Alembic on PostgreSQL);
+// FAKEREDASH_FAIL_UPGRADE=1 prints a few log lines and exits 1.
+//
+// Every create_db and upgrade is recorded in fakeredash.fakeredash_runs
+// (cmd, at) before it does anything, so tests can count invocations. It lives
+// in its own schema so that recording does not make the public schema
+// non-empty. The URL holds a password, so it is never printed.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+func runDB(cmd string, args []string) int {
+	full := strings.TrimSpace(cmd + " " + strings.Join(args, " "))
+	head := os.Getenv("FAKEREDASH_HEAD")
+	if head == "" {
+		fmt.Fprintln(os.Stderr, "fakeredash: FAKEREDASH_HEAD is not set: bake it into the test image with ENV")
+		return 2
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+
+	var err error
+	switch full {
+	case "manage db heads":
+		// Alembic's output for a single-head history.
+		fmt.Printf("%s (head)\n", head)
+		return 0
+	case "create_db", "manage database create_tables":
+		err = withDB(ctx, full, func(conn *pgx.Conn) error { return createDB(ctx, conn, head) })
+	case "manage db upgrade":
+		err = withDB(ctx, full, func(conn *pgx.Conn) error { return upgrade(ctx, conn, head) })
+	default:
+		fmt.Fprintf(os.Stderr, "fakeredash: unknown database command %q\n", full)
+		return 2
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "fakeredash: %s: %v\n", full, err)
+		return 1
+	}
+	return 0
+}
+
+// withDB connects, records the run and calls f.
+func withDB(ctx context.Context, full string, f func(*pgx.Conn) error) error {
+	url := os.Getenv("REDASH_DATABASE_URL")
+	if url == "" {
+		return errors.New("REDASH_DATABASE_URL is not set")
+	}
+	// ParseConfig also reads PGAPPNAME, as libpq does for Redash, so the
+	// agent can see this session in pg_stat_activity.
+	cfg, err := pgx.ParseConfig(url)
+	if err != nil {
+		return errors.New("REDASH_DATABASE_URL does not parse") // the parse error would echo the URL
+	}
+	cfg.ConnectTimeout = 10 * time.Second
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("connecting: %w", err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, `CREATE SCHEMA IF NOT EXISTS fakeredash;
+CREATE TABLE IF NOT EXISTS fakeredash.fakeredash_runs (cmd text NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp())`); err != nil {
+		// Concurrent CREATE ... IF NOT EXISTS can still collide on the
+		// catalog; the table exists afterwards either way.
+		if _, err2 := conn.Exec(ctx, `SELECT 1 FROM fakeredash.fakeredash_runs LIMIT 0`); err2 != nil {
+			return fmt.Errorf("creating fakeredash.fakeredash_runs: %w", err)
+		}
+	}
+	if _, err := conn.Exec(ctx, `INSERT INTO fakeredash.fakeredash_runs (cmd) VALUES ($1)`, full); err != nil {
+		return fmt.Errorf("recording the run: %w", err)
+	}
+	return f(conn)
+}
+
+func createDB(ctx context.Context, conn *pgx.Conn, head string) error {
+	var n int
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_tables WHERE schemaname = 'public'`).Scan(&n); err != nil {
+		return err
+	}
+	if n > 0 {
+		fmt.Println("database is not empty: nothing to create")
+		return nil
+	}
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(ctx, `
+CREATE TABLE public.organizations (id serial PRIMARY KEY, name text NOT NULL);
+CREATE TABLE public.users (id serial PRIMARY KEY, org_id int REFERENCES public.organizations (id), email text NOT NULL);
+CREATE TABLE public.alembic_version (version_num varchar(32) NOT NULL PRIMARY KEY)`); err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO public.alembic_version (version_num) VALUES ($1)`, head); err != nil {
+		return err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return err
+	}
+	fmt.Printf("created tables, stamped %s\n", head)
+	return nil
+}
+
+var revIdentChars = regexp.MustCompile(`[^a-z0-9_]+`)
+
+func upgrade(ctx context.Context, conn *pgx.Conn, head string) error {
+	if os.Getenv("FAKEREDASH_FAIL_UPGRADE") == "1" {
+		fmt.Println("INFO  [alembic.runtime.migration] Context impl PostgresqlImpl.")
+		fmt.Println("INFO  [alembic.runtime.migration] Will assume transactional DDL.")
+		fmt.Printf("INFO  [alembic.runtime.migration] Running upgrade -> %s, fake failing revision\n", head)
+		fmt.Println(`sqlalchemy.exc.ProgrammingError: (psycopg2.errors.DuplicateColumn) column "is_draft" of relation "queries" already exists`)
+		return errors.New("upgrade failed (FAKEREDASH_FAIL_UPGRADE=1)")
+	}
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS public.alembic_version (version_num varchar(32) NOT NULL PRIMARY KEY)`); err != nil {
+		return err
+	}
+	var current string
+	err = tx.QueryRow(ctx, `SELECT version_num FROM public.alembic_version`).Scan(&current)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return err
+	}
+	if current == head {
+		fmt.Println("INFO  [alembic.runtime.migration] Context impl PostgresqlImpl.")
+		return tx.Commit(ctx)
+	}
+	fmt.Printf("INFO  [alembic.runtime.migration] Running upgrade %s -> %s\n", current, head)
+	table := "rev_" + revIdentChars.ReplaceAllString(strings.ToLower(head), "_")
+	if _, err := tx.Exec(ctx, `CREATE TABLE public.`+pgx.Identifier{table}.Sanitize()+` (id serial PRIMARY KEY)`); err != nil {
+		return err
+	}
+	if s := os.Getenv("FAKEREDASH_UPGRADE_SLEEP"); s != "" {
+		secs, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			return fmt.Errorf("FAKEREDASH_UPGRADE_SLEEP=%q is not a number of seconds", s)
+		}
+		fmt.Printf("sleeping %gs inside the migration\n", secs)
+		select {
+		case <-time.After(time.Duration(secs * float64(time.Second))):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	if _, err := tx.Exec(ctx, `DELETE FROM public.alembic_version`); err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO public.alembic_version (version_num) VALUES ($1)`, head); err != nil {
+		return err
+	}
+	return tx.Commit(ctx)
+}
