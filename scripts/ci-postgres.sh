@@ -36,6 +36,7 @@ password_encryption = scram-sha-256
 # five agents, their one-off containers and the test's own sessions at once
 max_connections = 200"
 restart=no
+reload=no
 if [ ! -f "$conf" ] || [ "$(cat "$conf")" != "$want" ]; then
 	printf '%s\n' "$want" >"$conf"
 	restart=yes
@@ -60,15 +61,19 @@ done
 while IFS= read -r line; do
 	if ! grep -qxF "$line" "$hba"; then
 		echo "$line" >>"$hba"
-		restart=yes # pg_hba.conf is read at (re)start
+		reload=yes # pg_hba.conf is reread on reload, no restart needed
 	fi
 done <<EOF
 $lines
 EOF
 
 if pg_lsclusters -h | awk -v v=$VERSION -v c=$CLUSTER '$1==v && $2==c {print $4}' | grep -q online; then
+	# listen_addresses and max_connections need a restart; pg_hba.conf
+	# only a reload, which keeps other users' sessions alive.
 	if [ "$restart" = yes ]; then
 		pg_ctlcluster $VERSION $CLUSTER restart
+	elif [ "$reload" = yes ]; then
+		pg_ctlcluster $VERSION $CLUSTER reload
 	fi
 else
 	pg_ctlcluster $VERSION $CLUSTER start

@@ -201,6 +201,9 @@ func Load(ctx context.Context, dir string, data []byte) (*types.Project, error) 
 	if len(p.Extensions) == 0 {
 		p.Extensions = nil
 	}
+	if len(p.DisabledServices) == 0 {
+		p.DisabledServices = nil
+	}
 	p.ComposeFiles = []string{file}
 	p.Environment = nil
 	return p, nil

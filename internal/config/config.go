@@ -258,7 +258,11 @@ func knownKeyList() []string {
 func build(m map[string]string, where map[string]string) (Config, []Problem) {
 	var probs []Problem
 	bad := func(key, format string, args ...any) {
-		probs = append(probs, Problem{Key: key, Origin: where[key], Msg: fmt.Sprintf(format, args...)})
+		origin := where[key]
+		if origin == "" {
+			origin = "no tag, config file or flag sets it"
+		}
+		probs = append(probs, Problem{Key: key, Origin: origin, Msg: fmt.Sprintf(format, args...)})
 	}
 	c := Config{
 		Provider:      m["provider"],

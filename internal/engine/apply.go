@@ -25,12 +25,28 @@ import (
 // running), then the network and removals, then the server, which must
 // answer /ping before the scheduler, workers and nginx start in parallel.
 // A plan without mutations makes no mutating Docker call.
+//
+// Apply holds the project lock; a plan observed before another run changed
+// things still converges: what is already there with the right hash is
+// adopted, what is gone is not an error.
 func (e *Engine) Apply(ctx context.Context, d Desired, p Plan) error {
 	if p.Mutations() == 0 {
 		return nil
 	}
 	if err := validate(d); err != nil {
 		return err
+	}
+	unlock, err := e.lock(ctx, d.Project.Name)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return e.apply(ctx, d, p)
+}
+
+func (e *Engine) apply(ctx context.Context, d Desired, p Plan) error {
+	if p.Mutations() == 0 {
+		return nil
 	}
 	log := e.log().With("project", p.Project)
 	log.Info("[started] converging", "mutations", p.Mutations())
@@ -56,7 +72,8 @@ func (e *Engine) Apply(ctx context.Context, d Desired, p Plan) error {
 	}
 	// Always, not only for a "create network" action: a concurrent run may
 	// have made a duplicate since we observed.
-	if err := e.ensureNetwork(ctx, p.Project); err != nil {
+	netID, err := e.ensureNetwork(ctx, p.Project)
+	if err != nil {
 		log.Error("[failed] converging", "step", "network", "err", err)
 		return err
 	}
@@ -67,7 +84,7 @@ func (e *Engine) Apply(ctx context.Context, d Desired, p Plan) error {
 		return err
 	}
 	if server != nil {
-		if err := e.applyService(ctx, d, *server); err != nil {
+		if err := e.applyService(ctx, d, netID, *server); err != nil {
 			log.Error("[failed] converging", "step", ServerService, "err", err)
 			return err
 		}
@@ -76,7 +93,7 @@ func (e *Engine) Apply(ctx context.Context, d Desired, p Plan) error {
 			return err
 		}
 	}
-	if err := parallel(rest, func(a Action) error { return e.applyService(ctx, d, a) }); err != nil {
+	if err := parallel(rest, func(a Action) error { return e.applyService(ctx, d, netID, a) }); err != nil {
 		log.Error("[failed] converging", "err", err)
 		return err
 	}
@@ -96,7 +113,7 @@ func parallel(actions []Action, f func(Action) error) error {
 }
 
 // applyService creates, recreates or starts one service's container.
-func (e *Engine) applyService(ctx context.Context, d Desired, a Action) error {
+func (e *Engine) applyService(ctx context.Context, d Desired, netID string, a Action) error {
 	svc := d.Project.Services[a.Service]
 	svc.Name = a.Service
 	log := e.log().With("project", d.Project.Name, "service", a.Service, "container", a.Container)
@@ -109,10 +126,10 @@ func (e *Engine) applyService(ctx context.Context, d Desired, a Action) error {
 		// Stop and remove first, then create under the final name: a kill
 		// in between leaves a missing container, which the next run creates.
 		if err = e.stopRemove(ctx, a.Container, a.ID, stopGrace(svc), a.Reason); err == nil {
-			err = e.createStart(ctx, d, svc, a)
+			err = e.createStart(ctx, d, netID, svc, a)
 		}
 	case ActCreate:
-		err = e.createStart(ctx, d, svc, a)
+		err = e.createStart(ctx, d, netID, svc, a)
 	}
 	if err != nil {
 		log.Error("[failed] "+string(a.Kind), "err", err)
@@ -170,8 +187,8 @@ func isRemovalInProgress(err error) bool { return cerrdefs.IsConflict(err) }
 // starts it. A name conflict means another container holds the name: a
 // concurrent run's identical container is adopted; anything else (a
 // leftover) is removed and the create retried once.
-func (e *Engine) createStart(ctx context.Context, d Desired, svc types.ServiceConfig, a Action) error {
-	s := buildSpec(d, svc, a.Hash)
+func (e *Engine) createStart(ctx context.Context, d Desired, netID string, svc types.ServiceConfig, a Action) error {
+	s := buildSpec(d, netID, svc, a.Hash)
 	id, err := e.create(ctx, a.Container, s)
 	if cerrdefs.IsConflict(err) {
 		id, err = e.resolveConflict(ctx, a, s)
@@ -193,70 +210,82 @@ func (e *Engine) create(ctx context.Context, name string, s spec) (string, error
 }
 
 func (e *Engine) resolveConflict(ctx context.Context, a Action, s spec) (string, error) {
-	cctx, cancel := e.call(ctx)
-	holder, err := e.Docker.ContainerInspect(cctx, a.Container)
-	cancel()
-	if err == nil && holder.Config != nil {
-		l := holder.Config.Labels
-		if l[LabelProject] == s.Config.Labels[LabelProject] && l[LabelService] == a.Service && l[LabelConfigHash] == a.Hash {
-			e.log().Info("adopting container created by a concurrent run", "container", a.Container)
-			return holder.ID, nil
-		}
-	}
-	if err != nil && !cerrdefs.IsNotFound(err) {
-		return "", fmt.Errorf("inspecting container %q that holds the name: %w: remove it with `docker rm -f %s`", a.Container, err, a.Container)
-	}
-	if err == nil {
-		if err := e.stopRemove(ctx, a.Container, holder.ID, defaultStopGrace, "holds the name"); err != nil {
-			return "", err
-		}
-	}
-	id, err := e.create(ctx, a.Container, s)
-	if err != nil {
-		return "", fmt.Errorf("%w: remove the container holding the name with `docker rm -f %s`", err, a.Container)
-	}
-	return id, nil
-}
-
-// ensureNetwork makes sure exactly one project network exists. Docker
-// before API 1.44 rejects a duplicate name only best-effort (CheckDuplicate
-// races), and two networks of one name make every container start fail as
-// "ambiguous"; so after creating, duplicates are removed, keeping the one
-// with the lowest ID, the choice every concurrent run makes alike.
-func (e *Engine) ensureNetwork(ctx context.Context, project string) error {
-	name := networkName(project)
-	for attempt := 0; attempt < 10; attempt++ {
-		nets, err := e.exactNetworks(ctx, name)
-		if err != nil {
-			return err
-		}
+	// A concurrent create holds the name before its container can be
+	// inspected; give it a moment to appear (bounded: 50 polls, ~5s).
+	for range 50 {
+		cctx, cancel := e.call(ctx)
+		holder, err := e.Docker.ContainerInspect(cctx, a.Container)
+		cancel()
 		switch {
-		case len(nets) == 1:
-			return nil
-		case len(nets) == 0:
-			if err := e.createNetwork(ctx, project); err != nil {
-				return err
+		case err == nil && holder.Config != nil:
+			l := holder.Config.Labels
+			if l[LabelProject] == s.Config.Labels[LabelProject] && l[LabelService] == a.Service && l[LabelConfigHash] == a.Hash {
+				e.log().Info("adopting the identical container a concurrent run created", "container", a.Container)
+				return holder.ID, nil
 			}
-		default:
-			for _, n := range nets[1:] {
-				cctx, cancel := e.call(ctx)
-				err := e.Docker.NetworkRemove(cctx, n.ID)
-				cancel()
-				if err != nil && !cerrdefs.IsNotFound(err) {
-					e.log().Warn("removing duplicate network", "network", name, "id", n.ID, "err", err)
-				}
+			// A leftover: remove it and retry once.
+			if err := e.stopRemove(ctx, a.Container, holder.ID, defaultStopGrace, "holds the name"); err != nil {
+				return "", err
 			}
+			id, err := e.create(ctx, a.Container, s)
+			if err != nil {
+				return "", fmt.Errorf("%w: remove the container holding the name with `docker rm -f %s`", err, a.Container)
+			}
+			return id, nil
+		case err != nil && !cerrdefs.IsNotFound(err):
+			return "", fmt.Errorf("inspecting container %q that holds the name: %w: remove it with `docker rm -f %s`", a.Container, err, a.Container)
+		}
+		// Not visible: the holder is still being created, or is gone.
+		id, err := e.create(ctx, a.Container, s)
+		if !cerrdefs.IsConflict(err) {
+			return id, err
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("creating network %q: %w", name, ctx.Err())
-		case <-time.After(time.Duration(attempt) * 50 * time.Millisecond):
+			return "", fmt.Errorf("creating container %q: %w", a.Container, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	return fmt.Errorf("creating network %q: still missing or duplicated after 10 attempts: check `docker network ls --filter name=%s` and remove the extra ones", name, name)
+	return "", fmt.Errorf("creating container %q: the name stays taken by a container that cannot be inspected: remove it with `docker rm -f %s`", a.Container, a.Container)
 }
 
-// exactNetworks lists the networks named exactly name, lowest ID first.
+// ensureNetwork makes sure the project network exists and returns the ID
+// containers attach to. Docker before API 1.44 rejects a duplicate name only
+// best-effort (CheckDuplicate races), so two concurrent runs can make two
+// networks of one name. Every run then picks the oldest, which no later
+// create can displace, attaches by ID (a name would be "ambiguous") and
+// removes the younger ones, which nobody attached to.
+func (e *Engine) ensureNetwork(ctx context.Context, project string) (string, error) {
+	name := networkName(project)
+	nets, err := e.exactNetworks(ctx, name)
+	if err != nil {
+		return "", err
+	}
+	if len(nets) == 0 {
+		if err := e.createNetwork(ctx, project); err != nil {
+			return "", err
+		}
+		if nets, err = e.exactNetworks(ctx, name); err != nil {
+			return "", err
+		}
+		if len(nets) == 0 {
+			return "", fmt.Errorf("creating network %q: created but not listed: check `docker network ls`", name)
+		}
+	}
+	for _, n := range nets[1:] {
+		cctx, cancel := e.call(ctx)
+		err := e.Docker.NetworkRemove(cctx, n.ID)
+		cancel()
+		if err != nil && !cerrdefs.IsNotFound(err) {
+			// Harmless to us (we attach by ID); `docker network rm` it.
+			e.log().Warn("removing duplicate network", "network", name, "id", n.ID, "err", err)
+		}
+	}
+	return nets[0].ID, nil
+}
+
+// exactNetworks lists the networks named exactly name (Docker's name filter
+// matches substrings), oldest first.
 func (e *Engine) exactNetworks(ctx context.Context, name string) ([]network.Summary, error) {
 	cctx, cancel := e.call(ctx)
 	defer cancel()
@@ -265,7 +294,12 @@ func (e *Engine) exactNetworks(ctx context.Context, name string) ([]network.Summ
 		return nil, fmt.Errorf("listing networks named %q: %w: check that dockerd is running and reachable", name, err)
 	}
 	nets = slices.DeleteFunc(nets, func(n network.Summary) bool { return n.Name != name })
-	slices.SortFunc(nets, func(a, b network.Summary) int { return strings.Compare(a.ID, b.ID) })
+	slices.SortFunc(nets, func(a, b network.Summary) int {
+		if c := a.Created.Compare(b.Created); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
 	return nets, nil
 }
 

@@ -548,29 +548,45 @@ func TestStaleStateConverges(t *testing.T) {
 }
 
 func TestConcurrentUps(t *testing.T) {
-	s := newStack(t)
-	engines := []*Engine{s.engine(), s.engine()}
-	start := make(chan struct{})
-	errs := make([]error, len(engines))
-	var wg sync.WaitGroup
-	for i, e := range engines {
-		wg.Go(func() {
-			<-start
-			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-			defer cancel()
-			_, errs[i] = e.Up(ctx, s.d)
+	// Both as the CLI would do it (Up, serialized by the host lock) and with
+	// two Applies of the same stale plan, where the second finds every name
+	// taken by the first and must adopt, not duplicate or fail.
+	for _, mode := range []string{"Up", "Apply of one stale plan"} {
+		t.Run(mode, func(t *testing.T) {
+			s := newStack(t)
+			o := s.observe()
+			plan := ComputePlan(s.d, o)
+			engines := []*Engine{s.engine(), s.engine()}
+			start := make(chan struct{})
+			errs := make([]error, len(engines))
+			var wg sync.WaitGroup
+			for i, e := range engines {
+				wg.Go(func() {
+					<-start
+					ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+					defer cancel()
+					if mode == "Up" {
+						_, errs[i] = e.Up(ctx, s.d)
+					} else {
+						errs[i] = e.Apply(ctx, s.d, plan)
+					}
+				})
+			}
+			close(start)
+			wg.Wait()
+			for i, err := range errs {
+				if err != nil {
+					t.Errorf("%s #%d: %v", mode, i, err)
+				}
+			}
+			s.assertConverged()
+			if p := s.up(); p.Mutations() != 0 {
+				t.Errorf("after two concurrent runs, a third still plans:\n%s", p)
+			}
+			if mode != "Up" && !strings.Contains(s.logs.String(), "adopting the identical container") {
+				t.Errorf("the second Apply adopted nothing; the conflict path was not exercised:\n%s", s.logs)
+			}
 		})
-	}
-	close(start)
-	wg.Wait()
-	for i, err := range errs {
-		if err != nil {
-			t.Errorf("Up #%d: %v", i, err)
-		}
-	}
-	s.assertConverged()
-	if p := s.up(); p.Mutations() != 0 {
-		t.Errorf("after two concurrent Ups, a third still plans:\n%s", p)
 	}
 }
 

@@ -14,6 +14,11 @@ import (
 // too); with remove it also removes them and the project's networks.
 // Stopped containers stay stopped: on-failure never restarts a stop.
 func (e *Engine) Down(ctx context.Context, project string, remove bool) error {
+	unlock, err := e.lock(ctx, project)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	o, err := e.Observe(ctx, project)
 	if err != nil {
 		return err

@@ -97,6 +97,9 @@ type Engine struct {
 	// PullTimeout bounds one image pull (default 10m): only used when an
 	// image is missing, which on the AMI it should not be.
 	PullTimeout time.Duration
+	// LockDir holds the per-project lock files that serialize Up, Apply and
+	// Down on this host (default os.TempDir(); the agent passes /run/...).
+	LockDir string
 }
 
 const (
@@ -147,12 +150,21 @@ func (e *Engine) Up(ctx context.Context, d Desired) (Plan, error) {
 	if err := validate(d); err != nil {
 		return Plan{}, err
 	}
-	o, err := e.Observe(ctx, d.Project.Name)
+	// Observe under the lock too: a run that waited sees what the one
+	// before it made, and plans nothing.
+	unlock, err := e.lock(ctx, d.Project.Name)
 	if err != nil {
 		return Plan{}, err
 	}
+	o, err := e.Observe(ctx, d.Project.Name)
+	if err != nil {
+		unlock()
+		return Plan{}, err
+	}
 	p := ComputePlan(d, o)
-	if err := e.Apply(ctx, d, p); err != nil {
+	err = e.apply(ctx, d, p)
+	unlock()
+	if err != nil {
 		return p, err
 	}
 	if err := e.WaitReady(ctx, d); err != nil {

@@ -27,6 +27,8 @@ type Container struct {
 	Hash    string
 	Image   string
 	State   string // created, running, restarting, exited, paused, dead, removing
+	// NetworkID is the project network it is attached to ("" if unknown).
+	NetworkID string
 }
 
 // Network is the observed project network.
@@ -53,15 +55,22 @@ func (e *Engine) Observe(ctx context.Context, project string) (Observed, error) 
 		if len(s.Names) > 0 {
 			name = strings.TrimPrefix(s.Names[0], "/")
 		}
+		netID := ""
+		if s.NetworkSettings != nil {
+			if n := s.NetworkSettings.Networks[networkName(project)]; n != nil {
+				netID = n.NetworkID
+			}
+		}
 		o.Containers = append(o.Containers, Container{
-			ID:      s.ID,
-			Name:    name,
-			Service: s.Labels[LabelService],
-			Number:  s.Labels[LabelContainerNumber],
-			OneOff:  !strings.EqualFold(s.Labels[LabelOneOff], oneOffFalse),
-			Hash:    s.Labels[LabelConfigHash],
-			Image:   s.Image,
-			State:   string(s.State),
+			NetworkID: netID,
+			ID:        s.ID,
+			Name:      name,
+			Service:   s.Labels[LabelService],
+			Number:    s.Labels[LabelContainerNumber],
+			OneOff:    !strings.EqualFold(s.Labels[LabelOneOff], oneOffFalse),
+			Hash:      s.Labels[LabelConfigHash],
+			Image:     s.Image,
+			State:     string(s.State),
 		})
 	}
 	slices.SortFunc(o.Containers, func(a, b Container) int { return strings.Compare(a.Name, b.Name) })
@@ -74,9 +83,9 @@ func (e *Engine) Observe(ctx context.Context, project string) (Observed, error) 
 	return o, nil
 }
 
-// findNetwork finds the project network by exact name (Docker's name filter
-// matches substrings). A network left by docker-compose v1 has the same name,
-// so it is reused rather than duplicated; of duplicates, the lowest ID wins.
+// findNetwork finds the project network by exact name. A network left by
+// docker-compose v1 has the same name, so it is reused rather than
+// duplicated; of duplicates, the oldest wins (see ensureNetwork).
 func (e *Engine) findNetwork(ctx context.Context, project string) (*Network, error) {
 	nets, err := e.exactNetworks(ctx, networkName(project))
 	if err != nil || len(nets) == 0 {

@@ -158,6 +158,9 @@ func ComputePlan(d Desired, o Observed) Plan {
 		case o.Network == nil:
 			// A stopped container whose network was pruned cannot start.
 			a.Kind, a.ID, a.OldHash, a.Reason = ActRecreate, c.ID, c.Hash, "network missing"
+		case c.NetworkID != "" && c.NetworkID != o.Network.ID:
+			// Attached to a network that is not (or no longer) the project's.
+			a.Kind, a.ID, a.OldHash, a.Reason = ActRecreate, c.ID, c.Hash, "network changed"
 		case c.State == "running" || c.State == "restarting":
 			// restarting is Docker's on-failure policy at work; WaitReady
 			// reports it when it keeps failing.

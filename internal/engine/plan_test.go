@@ -169,6 +169,23 @@ create worker (image redash/redash:10, hash $worker)
 `,
 		},
 		{
+			name: "container on another network of the same name is recreated",
+			d:    d,
+			o: Observed{Project: "p", Network: net, Containers: func() []Container {
+				cs := allCurrent(d)
+				for i := range cs {
+					cs[i].NetworkID = "n1"
+				}
+				cs[3].NetworkID = "n-gone"
+				return cs
+			}()},
+			want: `keep server (hash $server)
+keep nginx (hash $nginx)
+keep scheduler (hash $scheduler)
+recreate worker (image redash/redash:10, hash $worker -> $worker, network changed)
+`,
+		},
+		{
 			name: "dead container is recreated, not started",
 			d:    d,
 			o: Observed{Project: "p", Network: net, Containers: []Container{

@@ -116,8 +116,11 @@ func serverAddr(d Desired, c container.InspectResponse) string {
 		return a
 	}
 	if c.NetworkSettings != nil {
-		if n := c.NetworkSettings.Networks[networkName(d.Project.Name)]; n != nil && n.IPAddress != "" {
-			return fmt.Sprintf("%s:%d", n.IPAddress, serverPort)
+		// Keyed by the network's name; the server has only the project's.
+		for _, n := range c.NetworkSettings.Networks {
+			if n != nil && n.IPAddress != "" {
+				return fmt.Sprintf("%s:%d", n.IPAddress, serverPort)
+			}
 		}
 	}
 	return ""

@@ -68,7 +68,10 @@ func validate(d Desired) error {
 // buildSpec turns a compose service into the container the engine creates.
 // It is pure. Every input that reaches the result is covered by ConfigHash
 // (a change here means bumping hashVersion).
-func buildSpec(d Desired, svc types.ServiceConfig, hash string) spec {
+//
+// netID is the project network's ID: containers attach by ID because two
+// networks of the same name can briefly exist (see ensureNetwork).
+func buildSpec(d Desired, netID string, svc types.ServiceConfig, hash string) spec {
 	project := d.Project.Name
 	labels := map[string]string{}
 	maps.Copy(labels, svc.Labels)
@@ -166,7 +169,7 @@ func buildSpec(d Desired, svc types.ServiceConfig, hash string) spec {
 		ExtraHosts:     svc.ExtraHosts.AsList(":"),
 		DNS:            svc.DNS,
 		ShmSize:        int64(svc.ShmSize),
-		NetworkMode:    container.NetworkMode(networkName(project)),
+		NetworkMode:    container.NetworkMode(netID),
 	}
 	host.Resources.Memory = int64(svc.MemLimit)
 	if len(svc.Sysctls) > 0 {
@@ -216,7 +219,7 @@ func buildSpec(d Desired, svc types.ServiceConfig, hash string) spec {
 		}
 	}
 	netcfg := &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{
-		networkName(project): {Aliases: aliases},
+		netID: {Aliases: aliases},
 	}}
 	return spec{Config: cfg, HostConfig: host, Networking: netcfg}
 }

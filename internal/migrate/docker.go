@@ -67,9 +67,12 @@ type DockerRunner struct {
 	Logger *slog.Logger
 	// LogLines is how many of the last log lines are kept; default 200.
 	LogLines int
-
-	netMu sync.Mutex // one network create at a time from this process
 }
+
+// netMu serializes network creation in this process, across runners:
+// Docker 20.10's duplicate-name check is racy, and two networks with one
+// name make every later container create fail as "ambiguous".
+var netMu sync.Mutex
 
 var _ Runner = (*DockerRunner)(nil)
 
@@ -168,8 +171,8 @@ func (r *DockerRunner) logs(ctx context.Context, id string) string {
 // ensureNetwork creates <project>_default with compose's labels when it is
 // missing, so the one-off reaches the same network the stack will use.
 func (r *DockerRunner) ensureNetwork(ctx context.Context, project, name string) error {
-	r.netMu.Lock()
-	defer r.netMu.Unlock()
+	netMu.Lock()
+	defer netMu.Unlock()
 	if _, err := r.Docker.NetworkInspect(ctx, name, network.InspectOptions{}); err == nil {
 		return nil
 	} else if !cerrdefs.IsNotFound(err) {

@@ -359,7 +359,10 @@ WHERE l.locktype = 'advisory' AND l.granted AND l.database = (SELECT oid FROM pg
 		t.Fatalf("pg_terminate_backend = %s", killed)
 	}
 
+	// The head is cached, so the second agent reaches the lock at once,
+	// usually while the orphaned one-off still has its session.
 	o2, _ := e.options(t, db, ref2, id2)
+	o2.HeadsCache = slow.HeadsCache
 	res2, err2 := Run(context.Background(), o2)
 
 	var out outcome

@@ -112,8 +112,8 @@ func TestRunUnreachableDatabase(t *testing.T) {
 	port := testenv.FreePort(t) // nothing listens there
 	r := &headsRunner{t: t, head: "r1"}
 	o := Options{
-		Target:   Target{Host: "127.0.0.1", Port: port, User: "redash", Password: secrets.NewValue("s3cret-pw"), DBName: "redash"},
-		Image:    "img", Project: "p", Runner: r, Deadline: 3 * time.Second, Logger: testLogger(t),
+		Target: Target{Host: "127.0.0.1", Port: port, User: "redash", Password: secrets.NewValue("s3cret-pw"), DBName: "redash"},
+		Image:  "img", Project: "p", Runner: r, Deadline: 3 * time.Second, Logger: testLogger(t),
 	}
 	start := time.Now()
 	_, err := Run(context.Background(), o)
@@ -246,4 +246,46 @@ func TestRunWorkerWaitsForHead(t *testing.T) {
 			t.Errorf("worker Run = %+v", res)
 		}
 	})
+}
+
+// TestRunWaitsForOrphanedMigration: a session named like a migration
+// one-off (PGAPPNAME) that outlived its agent's lock keeps the next lock
+// holder from starting a second migration until it ends.
+func TestRunWaitsForOrphanedMigration(t *testing.T) {
+	pg := testenv.Postgres(t)
+	db := pg.NewDatabase(t)
+	execSQL(t, pg, db, "CREATE TABLE users (i int); CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY); INSERT INTO alembic_version VALUES ('r1')")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cfg := pg.ConnConfig(db)
+	cfg.RuntimeParams["application_name"] = oneOffAppPrefix + "ip-10-0-0-9"
+	orphan, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer orphan.Close(context.Background())
+
+	r := &headsRunner{t: t, head: "r1"}
+	o := Options{Target: target(pg, db), Image: "img", Project: "p", Runner: r, Deadline: 7 * time.Second, Logger: testLogger(t)}
+	_, err = Run(ctx, o)
+	if err == nil || !strings.Contains(err.Error(), "orphaned migration") || !strings.Contains(err.Error(), "ip-10-0-0-9") {
+		t.Fatalf("Run beside a live migration session: %v; want an error naming it", err)
+	}
+	t.Logf("error: %v", err)
+
+	go func() {
+		time.Sleep(time.Second)
+		orphan.Close(context.Background())
+	}()
+	start := time.Now()
+	res, err := Run(ctx, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if el := time.Since(start); el < 800*time.Millisecond {
+		t.Errorf("Run did not wait for the orphaned session (%s)", el)
+	}
+	if res.After != StateCurrent || res.Ran != RanNone {
+		t.Errorf("Run = %+v", res)
+	}
 }

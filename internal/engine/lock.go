@@ -1,0 +1,50 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/gofrs/flock"
+)
+
+// lock takes the host-wide lock of one project, so two runs on one host
+// (the systemd daemon and a manual `up`, or two goroutines) converge one
+// after the other: the second observes what the first made. Docker alone
+// cannot serialize them: before API 1.44 it may create two networks of the
+// same name when asked at once. The kernel drops the lock when a process
+// dies, so a killed run never blocks the next one. The wait is bounded by
+// ctx.
+func (e *Engine) lock(ctx context.Context, project string) (func(), error) {
+	if !validProjectName(project) {
+		return nil, fmt.Errorf("converging project %q: not a compose project name: use lowercase letters, digits, '-' and '_'", project)
+	}
+	dir := e.LockDir
+	if dir == "" {
+		dir = os.TempDir()
+	}
+	path := filepath.Join(dir, "redash-agent-engine-"+project+".lock")
+	l := flock.New(path, flock.SetPermissions(0o600))
+	ok, err := l.TryLockContext(ctx, 50*time.Millisecond)
+	if err != nil || !ok {
+		return nil, fmt.Errorf("locking %q: %v: another redash-agent is converging project %q; wait for it or stop it", path, err, project)
+	}
+	return func() { _ = l.Unlock() }, nil
+}
+
+// validProjectName is compose's rule for project names; it also keeps the
+// name safe inside a lock file path.
+func validProjectName(p string) bool {
+	if p == "" {
+		return false
+	}
+	for i, r := range p {
+		ok := r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || i > 0 && (r == '-' || r == '_')
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
