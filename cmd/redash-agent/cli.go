@@ -19,6 +19,7 @@ import (
 
 	"github.com/redash-agent/redash-agent/internal/agent"
 	"github.com/redash-agent/redash-agent/internal/config"
+	"github.com/redash-agent/redash-agent/internal/logging"
 )
 
 // Exit codes of DESIGN.md's CLI contract.
@@ -64,13 +65,18 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	pf.StringArrayVar(&g.set, "set", nil, "override one setting, KEY=VALUE with KEY a tag name without redash: (repeatable)")
 	pf.BoolVar(&g.json, "json", false, "print data as JSON")
 	pf.DurationVar(&g.imdsDeadline, "imds-deadline", 2*time.Minute, "how long to wait for IMDS and the instance tags at boot")
-	pf.StringVar(&g.logFormat, "log-format", "text", "log format on stderr: text or json")
+	pf.StringVar(&g.logFormat, "log-format", "", "log format: text, json or journal (default: journal under systemd, else text)")
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
 
 	root.AddCommand(
 		versionCmd(),
 		configCmd(&g),
 		renderCmd(&g),
+		upCmd(&g),
+		downCmd(&g),
+		statusCmd(&g),
+		migrateCmd(&g),
+		runCmd(&g),
 	)
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -122,12 +128,7 @@ func (g *globals) newAgent(stderr io.Writer) (*agent.Agent, error) {
 	}), nil
 }
 
-func (g *globals) logger(w io.Writer) *slog.Logger {
-	if g.logFormat == "json" {
-		return slog.New(slog.NewJSONHandler(w, nil))
-	}
-	return slog.New(slog.NewTextHandler(w, nil))
-}
+func (g *globals) logger(w io.Writer) *slog.Logger { return logging.New(w, g.logFormat) }
 
 func versionCmd() *cobra.Command {
 	return &cobra.Command{

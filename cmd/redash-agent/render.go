@@ -14,7 +14,7 @@ import (
 )
 
 func renderCmd(g *globals) *cobra.Command {
-	var dryRun bool
+	var dryRun, plan bool
 	c := &cobra.Command{
 		Use:   "render",
 		Short: "Write DIR/env and DIR/docker-compose.yml (or print them with --dry-run, secrets redacted)",
@@ -24,11 +24,22 @@ func renderCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			out := c.OutOrStdout()
+			if plan {
+				r, p, err := a.Plan(c.Context())
+				if err != nil {
+					return err
+				}
+				if err := printDryRun(out, g.dir, r); err != nil {
+					return err
+				}
+				fmt.Fprintf(out, "# plan: %d change(s)\n%s", p.Mutations(), p.String())
+				return nil
+			}
 			r, err := a.Render(c.Context())
 			if err != nil {
 				return err
 			}
-			out := c.OutOrStdout()
 			if dryRun {
 				return printDryRun(out, g.dir, r)
 			}
@@ -43,6 +54,7 @@ func renderCmd(g *globals) *cobra.Command {
 		},
 	}
 	c.Flags().BoolVar(&dryRun, "dry-run", false, "print the files instead of writing them; secret values are redacted")
+	c.Flags().BoolVar(&plan, "plan", false, "also print what `up` would do to the containers; writes nothing")
 	return c
 }
 

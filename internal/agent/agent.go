@@ -47,14 +47,27 @@ type Options struct {
 	Provider     string            // --provider; "" = config.yaml or aws
 	Set          map[string]string // --set key=value, the flag layer
 	IMDSDeadline time.Duration
-	Logger       *slog.Logger
-	Status       func(string) // STATUS= for systemd; may be nil
+	// LockWait bounds the wait for another agent's lock on Dir (default LockWait).
+	LockWait time.Duration
+	// HealthTimeout bounds the wait for the server's /ping (engine default when 0).
+	HealthTimeout time.Duration
+	Logger        *slog.Logger
+	Status        func(string) // STATUS= for systemd; may be nil
+}
+
+func (o Options) lockWait() time.Duration {
+	if o.LockWait > 0 {
+		return o.LockWait
+	}
+	return LockWait
 }
 
 // Agent runs the pipeline's steps.
 type Agent struct {
 	o   Options
 	log *slog.Logger
+	// timings of this converge's steps, for the one-line boot summary.
+	timings []timing
 }
 
 // New returns an Agent.
@@ -95,6 +108,7 @@ func (a *Agent) step(ctx context.Context, name string, fn func(context.Context) 
 	a.log.Info("[started] "+name, "step", name)
 	err := fn(ctx)
 	took := time.Since(start).Round(time.Millisecond)
+	a.timings = append(a.timings, timing{name, took})
 	if err != nil {
 		a.log.Error("[failed] "+name, "step", name, "took", took, "err", err)
 		return err
@@ -277,3 +291,6 @@ func (a *Agent) Write(ctx context.Context, r Rendered) (Changes, error) {
 	})
 	return ch, err
 }
+
+// Logger is the agent's logger, for the parts of the CLI around it.
+func (a *Agent) Logger() *slog.Logger { return a.log }

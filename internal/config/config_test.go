@@ -34,10 +34,10 @@ func TestPrecedence(t *testing.T) {
 		key, got, want string
 		src            Source
 	}{
-		{"version", c.Version, "10.1.0.b50633", SourceTag},   // tag beats file
-		{"role", c.Role, "all", SourceFlag},                  // flag beats tag
-		{"log-group", c.LogGroup, "from-file", SourceFile},   // file beats default
-		{"project", c.Project, "redash", SourceDefault},      // default
+		{"version", c.Version, "10.1.0.b50633", SourceTag},    // tag beats file
+		{"role", c.Role, "all", SourceFlag},                   // flag beats tag
+		{"log-group", c.LogGroup, "from-file", SourceFile},    // file beats default
+		{"project", c.Project, "redash", SourceDefault},       // default
 		{"image", c.Image, "redash/redash:10.1.0.b50633", ""}, // derived from version
 	}
 	for _, tc := range cases {

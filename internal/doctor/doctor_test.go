@@ -17,7 +17,11 @@ func TestRunOrderSkipAndTimeout(t *testing.T) {
 			return Result{Status: OK}
 		}},
 		{Name: "imds", Run: func(context.Context) Result { return Result{Status: OK, Detail: "i-123"} }},
-		{Name: "hang", Run: func(ctx context.Context) Result { <-ctx.Done(); time.Sleep(10 * time.Millisecond); return Result{Status: OK} }},
+		{Name: "hang", Run: func(ctx context.Context) Result {
+			<-ctx.Done()
+			time.Sleep(10 * time.Millisecond)
+			return Result{Status: OK}
+		}},
 		{Name: "panics", Run: func(context.Context) Result { panic("boom") }},
 	}
 	rep := Run(context.Background(), checks, 100*time.Millisecond)

@@ -22,7 +22,7 @@ const crashHelperEnv = "ENGINE_CRASH_HELPER"
 func helperDesired(project string, serverPort, nginxPort, variant int) Desired {
 	return Desired{
 		Project: stackProject(project, imageV1, serverPort, nginxPort),
-		Env:     map[string]string{"REDASH_SECRET_KEY": fmt.Sprintf("variant-%d", variant), "REDASH_COOKIE_SECRET": "c"},
+		Env:     map[string]string{"REDASH_SECRET_KEY": fmt.Sprintf("variant-%d", variant), "REDASH_COOKIE_SECRET": "cookie-for-crash-test"},
 		HashKey: []byte("crash-key"),
 	}
 }
@@ -36,14 +36,16 @@ func TestHelperUp(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &Engine{Docker: cli, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), HealthTimeout: 30 * time.Second}
+	e := &Engine{Docker: cli, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), HealthTimeout: 30 * time.Second,
+		LockDir: os.Getenv("ENGINE_CRASH_LOCKDIR")}
 	d := helperDesired(os.Getenv("ENGINE_CRASH_PROJECT"), atoi("ENGINE_CRASH_SERVER_PORT"), atoi("ENGINE_CRASH_NGINX_PORT"), atoi("ENGINE_CRASH_VARIANT"))
 	if _, err := e.Up(context.Background(), d); err != nil {
 		t.Fatal(err)
 	}
 }
 
-// TestCrashSafety kills -9 a process running Up at random moments, again
+// TestCrashSafety kills -9 a process running Up at random moments (0-3s,
+// an Up from nothing takes about 2s), again
 // and again, then checks that one normal Up converges to exactly one stack:
 // no duplicates, no leftover names, every container current and running.
 func TestCrashSafety(t *testing.T) {
@@ -63,6 +65,7 @@ func TestCrashSafety(t *testing.T) {
 		cmd := exec.Command(os.Args[0], "-test.run=^TestHelperUp$", "-test.count=1")
 		cmd.Env = append(os.Environ(), crashHelperEnv+"=1",
 			"ENGINE_CRASH_PROJECT="+s.d.Project.Name,
+			"ENGINE_CRASH_LOCKDIR="+s.lockDir,
 			fmt.Sprintf("ENGINE_CRASH_SERVER_PORT=%d", s.serverPort),
 			fmt.Sprintf("ENGINE_CRASH_NGINX_PORT=%d", s.nginxPort),
 			fmt.Sprintf("ENGINE_CRASH_VARIANT=%d", variant))
@@ -72,7 +75,7 @@ func TestCrashSafety(t *testing.T) {
 		done := make(chan error, 1)
 		go func() { done <- cmd.Wait() }()
 		select {
-		case <-time.After(time.Duration(rand.IntN(1500)) * time.Millisecond):
+		case <-time.After(time.Duration(rand.IntN(3000)) * time.Millisecond):
 			_ = cmd.Process.Kill() // SIGKILL: no deferred cleanup runs
 			<-done
 			killed++

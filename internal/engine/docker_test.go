@@ -71,6 +71,7 @@ type stack struct {
 	e          *Engine
 	d          Desired
 	logs       *syncBuffer
+	lockDir    string
 	serverPort int
 	nginxPort  int
 }
@@ -88,7 +89,7 @@ func newStack(t testing.TB) *stack {
 	t.Helper()
 	cli := testenv.DockerClient(t)
 	buildImages(t)
-	s := &stack{t: t, cli: cli, logs: &syncBuffer{}, serverPort: testenv.FreePort(t), nginxPort: testenv.FreePort(t)}
+	s := &stack{t: t, cli: cli, logs: &syncBuffer{}, lockDir: t.TempDir(), serverPort: testenv.FreePort(t), nginxPort: testenv.FreePort(t)}
 	s.e = s.engine()
 	project := fmt.Sprintf("ratest-%08x", rand.Uint32())
 	s.d = Desired{Project: stackProject(project, imageV1, s.serverPort, s.nginxPort), Env: trickyEnv(), HashKey: []byte("test-host-key")}
@@ -111,6 +112,7 @@ func (s *stack) engine() *Engine {
 		Logger:        slog.New(slog.NewTextHandler(s.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		CallTimeout:   30 * time.Second,
 		HealthTimeout: 60 * time.Second,
+		LockDir:       s.lockDir,
 	}
 }
 

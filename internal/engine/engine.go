@@ -6,7 +6,8 @@
 //
 // Side effects: Apply, Up and Down create, start, stop and remove containers
 // and the project network, and pull an image only when it is missing; they
-// never build. Environment values (secrets among them) go only into the Env of
+// never build. They hold a per-project lock file under Engine.LockDir while
+// they work. Environment values (secrets among them) go only into the Env of
 // the containers that receive them: never into labels, log lines, errors or
 // the config hash in plain form.
 //
@@ -23,7 +24,6 @@ import (
 
 	"github.com/compose-spec/compose-go/v2/types"
 	"github.com/docker/docker/api/types/container"
-	"github.com/docker/docker/api/types/events"
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/client"
@@ -45,7 +45,6 @@ type Docker interface {
 	NetworkRemove(ctx context.Context, networkID string) error
 	ImageInspect(ctx context.Context, imageID string, inspectOpts ...client.ImageInspectOption) (image.InspectResponse, error)
 	ImagePull(ctx context.Context, refStr string, options image.PullOptions) (io.ReadCloser, error)
-	Events(ctx context.Context, options events.ListOptions) (<-chan events.Message, <-chan error)
 }
 
 var _ Docker = (*client.Client)(nil)

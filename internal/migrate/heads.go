@@ -127,3 +127,13 @@ func tail(s string, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// CachedHead returns the head revision remembered for imageID, without
+// running anything (for `status`).
+func CachedHead(path, imageID string) (string, bool) {
+	cache, err := readHeads(path)
+	if err != nil || cache[imageID] == "" {
+		return "", false
+	}
+	return cache[imageID], true
+}

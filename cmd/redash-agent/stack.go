@@ -1,0 +1,149 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/redash-agent/redash-agent/internal/migrate"
+	"github.com/redash-agent/redash-agent/internal/systemd"
+)
+
+func upCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "up",
+		Short: "Converge once: render, migrate, start what is missing or stale, wait until the server answers /ping",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			a, err := g.newAgent(c.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			res, err := a.Up(c.Context())
+			if err != nil {
+				return err
+			}
+			out := c.OutOrStdout()
+			if g.json {
+				return json.NewEncoder(out).Encode(map[string]any{
+					"env_changed": res.Files.Env, "compose_changed": res.Files.Compose,
+					"migration": res.Migrate, "plan": res.Plan.String(), "mutations": res.Plan.Mutations(),
+				})
+			}
+			if res.Plan.Mutations() == 0 {
+				fmt.Fprintln(out, "up to date: nothing to do")
+				return nil
+			}
+			fmt.Fprint(out, res.Plan.String())
+			return nil
+		},
+	}
+}
+
+func downCmd(g *globals) *cobra.Command {
+	var remove bool
+	c := &cobra.Command{
+		Use:   "down",
+		Short: "Stop the Redash containers (--remove also removes them and the network)",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			a, err := g.newAgent(c.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			return a.Down(c.Context(), remove)
+		},
+	}
+	c.Flags().BoolVar(&remove, "remove", false, "remove the containers and the project network too")
+	return c
+}
+
+func statusCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "status",
+		Short: "Show each service's container: state, health, image, whether its configuration is current; and the database state",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			a, err := g.newAgent(c.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			st, err := a.Status(c.Context())
+			if err != nil {
+				return err
+			}
+			out := c.OutOrStdout()
+			if g.json {
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				return enc.Encode(st)
+			}
+			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "SERVICE\tCONTAINER\tSTATE\tHEALTH\tRESTARTS\tCONFIG\tIMAGE")
+			for _, s := range st.Services {
+				cur := "current"
+				if !s.HashCurrent {
+					cur = "stale"
+				}
+				if s.State == "missing" {
+					cur = "-"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", s.Service, s.Container, s.State, dash(s.Health), s.RestartCount, cur, s.Image)
+			}
+			tw.Flush()
+			fmt.Fprintf(out, "database: %s\n", st.Database)
+			return nil
+		},
+	}
+}
+
+func migrateCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "migrate",
+		Short: "Create or upgrade the database once per cluster (advisory lock), without touching the containers",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			a, err := g.newAgent(c.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			res, err := a.MigrateOnly(c.Context())
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return json.NewEncoder(c.OutOrStdout()).Encode(res)
+			}
+			ran := res.Ran
+			if ran == migrate.RanNone {
+				ran = "nothing"
+			}
+			fmt.Fprintf(c.OutOrStdout(), "database: %s -> %s (ran %s; image head %s)\n", res.Before, res.After, ran, res.Head)
+			return nil
+		},
+	}
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func runCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "run",
+		Short: "The systemd service: converge, notify READY=1 when the server answers /ping, then keep the stack converged",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			a, err := g.newAgent(c.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			return a.Run(c.Context(), systemd.New(a.Logger()))
+		},
+	}
+}

@@ -1,0 +1,294 @@
+package agent
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/docker/docker/client"
+
+	"github.com/redash-agent/redash-agent/internal/atomicfile"
+	"github.com/redash-agent/redash-agent/internal/compose"
+	"github.com/redash-agent/redash-agent/internal/config"
+	"github.com/redash-agent/redash-agent/internal/dirlock"
+	"github.com/redash-agent/redash-agent/internal/engine"
+	"github.com/redash-agent/redash-agent/internal/migrate"
+)
+
+// LockWait bounds how long a second agent waits for the first one's lock on --dir.
+const LockWait = 5 * time.Minute
+
+// UpResult says what one converge did.
+type UpResult struct {
+	Config  config.Config
+	Files   Changes
+	Migrate migrate.Result
+	Plan    engine.Plan
+}
+
+// docker returns the Docker client and an engine over it.
+func (a *Agent) docker() (*client.Client, *engine.Engine, error) {
+	c, err := engine.NewDockerClient()
+	if err != nil {
+		return nil, nil, err
+	}
+	return c, &engine.Engine{Docker: c, Logger: a.log, LockDir: a.o.StateDir, HealthTimeout: a.o.HealthTimeout}, nil
+}
+
+// Lock takes the lock on --dir so two agents never interleave.
+func (a *Agent) Lock(ctx context.Context) (*dirlock.Lock, error) {
+	if err := os.MkdirAll(a.o.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("creating %q: %w", a.o.Dir, err)
+	}
+	return dirlock.Acquire(ctx, a.o.Dir, a.o.lockWait(), a.log)
+}
+
+// Up is the whole boot pipeline once: render, write, migrate, converge, wait
+// until ready. A failure before the converge step leaves running containers
+// untouched.
+func (a *Agent) Up(ctx context.Context) (UpResult, error) {
+	var res UpResult
+	lock, err := a.Lock(ctx)
+	if err != nil {
+		return res, err
+	}
+	defer lock.Release()
+
+	r, err := a.Render(ctx)
+	if err != nil {
+		return res, err
+	}
+	res.Config = r.Config
+	if res.Files, err = a.Write(ctx, r); err != nil {
+		return res, err
+	}
+	dc, eng, err := a.docker()
+	if err != nil {
+		return res, err
+	}
+	defer dc.Close()
+	d, err := a.desired(r)
+	if err != nil {
+		return res, err
+	}
+	if err := a.step(ctx, "ensure images", func(ctx context.Context) error {
+		return eng.EnsureImages(ctx, d)
+	}); err != nil {
+		return res, err
+	}
+	if res.Migrate, err = a.Migrate(ctx, r, dc); err != nil {
+		return res, err
+	}
+	err = a.step(ctx, "converge containers", func(ctx context.Context) error {
+		var err error
+		res.Plan, err = eng.Up(ctx, d)
+		if res.Plan.Mutations() > 0 {
+			a.log.Info("plan carried out", "step", "converge containers", "plan", res.Plan.String())
+		}
+		return err
+	})
+	return res, err
+}
+
+// Plan renders and observes, and returns what Up would do, changing nothing.
+func (a *Agent) Plan(ctx context.Context) (Rendered, engine.Plan, error) {
+	r, err := a.Render(ctx)
+	if err != nil {
+		return r, engine.Plan{}, err
+	}
+	dc, eng, err := a.docker()
+	if err != nil {
+		return r, engine.Plan{}, err
+	}
+	defer dc.Close()
+	d, err := a.desired(r)
+	if err != nil {
+		return r, engine.Plan{}, err
+	}
+	var p engine.Plan
+	err = a.step(ctx, "plan", func(ctx context.Context) error {
+		o, err := eng.Observe(ctx, d.Project.Name)
+		if err != nil {
+			return err
+		}
+		p = engine.ComputePlan(d, o)
+		return nil
+	})
+	return r, p, err
+}
+
+// Migrate creates or upgrades the database once per cluster, before any
+// server of the new version starts.
+func (a *Agent) Migrate(ctx context.Context, r Rendered, dc *client.Client) (migrate.Result, error) {
+	var res migrate.Result
+	if r.State.Spec.Local {
+		// The bundled postgres is only reachable inside the project
+		// network, not from the host where the agent holds the lock.
+		a.log.Info("skipping database migration: provider local bundles its own postgres", "step", "migrate database")
+		return res, nil
+	}
+	err := a.step(ctx, "migrate database", func(ctx context.Context) error {
+		ref := r.Config.Image
+		img, err := dc.ImageInspect(ctx, ref)
+		if err != nil {
+			return fmt.Errorf("inspecting image %q before migrating: %w", ref, err)
+		}
+		db := r.State.DB
+		res, err = migrate.Run(ctx, migrate.Options{
+			Target:     migrate.Target{Host: db.Host, Port: db.Port, User: db.User, Password: db.Password, DBName: db.Name},
+			Image:      ref,
+			ImageID:    img.ID,
+			Project:    r.Project.Name,
+			Service:    compose.ServerService,
+			Env:        r.State.Env,
+			Role:       r.Config.Role,
+			HeadsCache: filepath.Join(a.o.StateDir, "heads.json"),
+			Runner:     &migrate.DockerRunner{Docker: dc, Logger: a.log},
+			Logger:     a.log,
+		})
+		if err != nil {
+			return err
+		}
+		a.log.Info("database state", "step", "migrate database", "before", res.Before, "after", res.After, "ran", res.Ran, "head", res.Head)
+		return nil
+	})
+	return res, err
+}
+
+// desired is the engine's view of the rendered state.
+func (a *Agent) desired(r Rendered) (engine.Desired, error) {
+	key, err := a.hashKey()
+	if err != nil {
+		return engine.Desired{}, err
+	}
+	return engine.Desired{Project: r.Project, Env: r.State.Env, HashKey: key}, nil
+}
+
+// hashKey is the host-local key that secrets enter the config hash under:
+// a label then reveals nothing, not even whether two hosts share a password.
+func (a *Agent) hashKey() ([]byte, error) {
+	path := filepath.Join(a.o.StateDir, "hash-key")
+	key, err := os.ReadFile(path)
+	if err == nil && len(key) >= 32 {
+		return key, nil
+	}
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("reading the config hash key %q: %w", path, err)
+	}
+	if err := os.MkdirAll(a.o.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating state directory %q: %w", a.o.StateDir, err)
+	}
+	key = make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		return nil, err
+	}
+	if _, err := atomicfile.WriteFile(path, key, 0o600); err != nil {
+		return nil, err
+	}
+	return key, nil
+}
+
+// MigrateOnly renders (without writing) and runs the migration step alone.
+func (a *Agent) MigrateOnly(ctx context.Context) (migrate.Result, error) {
+	r, err := a.Render(ctx)
+	if err != nil {
+		return migrate.Result{}, err
+	}
+	dc, eng, err := a.docker()
+	if err != nil {
+		return migrate.Result{}, err
+	}
+	defer dc.Close()
+	d, err := a.desired(r)
+	if err != nil {
+		return migrate.Result{}, err
+	}
+	if err := a.step(ctx, "ensure images", func(ctx context.Context) error { return eng.EnsureImages(ctx, d) }); err != nil {
+		return migrate.Result{}, err
+	}
+	return a.Migrate(ctx, r, dc)
+}
+
+// Down stops the project's containers; remove also deletes them and the
+// network. It needs no configuration beyond the project name.
+func (a *Agent) Down(ctx context.Context, remove bool) error {
+	project := a.projectName()
+	dc, eng, err := a.docker()
+	if err != nil {
+		return err
+	}
+	defer dc.Close()
+	return a.step(ctx, "down", func(ctx context.Context) error { return eng.Down(ctx, project, remove) })
+}
+
+// projectName is the project from flags or the config file, without
+// reading IMDS: `down` must work when AWS does not.
+func (a *Agent) projectName() string {
+	if p := a.o.Set["project"]; p != "" {
+		return p
+	}
+	path := a.o.ConfigFile
+	if path == "" {
+		path = config.DefaultFile
+	}
+	if l, _, err := config.LoadFile(path); err == nil && l.Values["project"] != "" {
+		return l.Values["project"]
+	}
+	return compose.DefaultProject
+}
+
+// StatusReport is `status`: the containers and the database.
+type StatusReport struct {
+	Services []engine.ServiceStatus `json:"services"`
+	Database string                 `json:"database"`
+}
+
+// Status reports each service and the database state. It changes nothing.
+func (a *Agent) Status(ctx context.Context) (StatusReport, error) {
+	var rep StatusReport
+	r, err := a.Render(ctx)
+	if err != nil {
+		return rep, err
+	}
+	dc, eng, err := a.docker()
+	if err != nil {
+		return rep, err
+	}
+	defer dc.Close()
+	d, err := a.desired(r)
+	if err != nil {
+		return rep, err
+	}
+	if rep.Services, err = eng.Status(ctx, d); err != nil {
+		return rep, err
+	}
+	rep.Database = a.databaseState(ctx, r, dc)
+	return rep, nil
+}
+
+// databaseState is "empty", "behind", "current" or why it is not known;
+// it never includes credentials.
+func (a *Agent) databaseState(ctx context.Context, r Rendered, dc *client.Client) string {
+	if r.State.Spec.Local {
+		return "bundled postgres (not inspected from the host)"
+	}
+	img, err := dc.ImageInspect(ctx, r.Config.Image)
+	if err != nil {
+		return fmt.Sprintf("unknown: image %q is not present", r.Config.Image)
+	}
+	head, ok := migrate.CachedHead(filepath.Join(a.o.StateDir, "heads.json"), img.ID)
+	if !ok {
+		return "unknown: the image's head revision is not known yet (run `redash-agent migrate`)"
+	}
+	db := r.State.DB
+	st, err := migrate.Inspect(ctx, migrate.Target{Host: db.Host, Port: db.Port, User: db.User, Password: db.Password, DBName: db.Name}, head)
+	if err != nil {
+		return "unknown: " + err.Error()
+	}
+	return string(st) + " (image head " + head + ")"
+}
