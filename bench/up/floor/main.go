@@ -2,7 +2,8 @@
 // calls that converge a compose file, with nothing else (no health wait, no
 // rendering, no secrets, no migrations). It loads the file with compose-go,
 // lists the project's containers, creates the project network if missing and
-// creates+starts every service container in parallel; a container whose
+// creates+starts every service container (with its ports and named volumes)
+// in parallel; a container whose
 // config-hash label matches is left alone, so a second run is a no-op.
 //
 // Side effects: creates/removes containers and a network on the Docker
@@ -27,8 +28,10 @@ import (
 	"github.com/compose-spec/compose-go/v2/types"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/mount"
 	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/client"
+	"github.com/docker/go-connections/nat"
 )
 
 const (
@@ -102,7 +105,7 @@ func up(ctx context.Context, name, file string) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = converge(ctx, docker, name, netName, p.Services[s], byService[s])
+			errs[i] = converge(ctx, docker, name, netName, p.Volumes, p.Services[s], byService[s])
 		}()
 	}
 	wg.Wait()
@@ -116,7 +119,7 @@ func up(ctx context.Context, name, file string) error {
 
 // converge makes one service's container match svc: keep it when its hash
 // matches and it runs, otherwise replace it.
-func converge(ctx context.Context, docker *client.Client, project, netName string, svc types.ServiceConfig, have container.Summary) error {
+func converge(ctx context.Context, docker *client.Client, project, netName string, volumes types.Volumes, svc types.ServiceConfig, have container.Summary) error {
 	raw, err := json.Marshal(svc)
 	if err != nil {
 		return err
@@ -142,14 +145,35 @@ func converge(ctx context.Context, docker *client.Client, project, netName strin
 	if n := svc.Networks["default"]; n != nil {
 		aliases = append(aliases, n.Aliases...)
 	}
+	exposed := nat.PortSet{}
+	bindings := nat.PortMap{}
+	for _, pc := range svc.Ports {
+		port := nat.Port(fmt.Sprintf("%d/%s", pc.Target, pc.Protocol))
+		exposed[port] = struct{}{}
+		bindings[port] = append(bindings[port], nat.PortBinding{HostIP: pc.HostIP, HostPort: pc.Published})
+	}
+	// A named volume mount makes the daemon create the volume if missing,
+	// as compose does; its name comes from the top-level volumes section.
+	var mounts []mount.Mount
+	for _, v := range svc.Volumes {
+		src := v.Source
+		if tv, ok := volumes[src]; ok && tv.Name != "" {
+			src = tv.Name
+		}
+		mounts = append(mounts, mount.Mount{Type: mount.Type(v.Type), Source: src, Target: v.Target, ReadOnly: v.ReadOnly})
+	}
 	cname := project + "-" + svc.Name + "-1"
 	resp, err := docker.ContainerCreate(ctx,
 		&container.Config{
-			Image: svc.Image, Cmd: []string(svc.Command), Env: env,
+			Image: svc.Image, Cmd: []string(svc.Command), Env: env, ExposedPorts: exposed,
 			Labels: map[string]string{labelProject: project, labelService: svc.Name,
 				labelNumber: "1", labelOneOff: "False", labelHash: hash},
 		},
-		&container.HostConfig{RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyMode(svc.Restart)}},
+		&container.HostConfig{
+			RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyMode(svc.Restart)},
+			PortBindings:  bindings,
+			Mounts:        mounts,
+		},
 		&network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{
 			netName: {Aliases: aliases}}},
 		nil, cname)

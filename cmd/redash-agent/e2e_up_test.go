@@ -1,0 +1,331 @@
+package main
+
+// End-to-end tests of `up`: the built binary against ec2-metadata-mock,
+// moto_server, the host's PostgreSQL and the real Docker Engine, with images
+// built locally FROM scratch (test/fakeredash).
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/events"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/network"
+	"github.com/docker/docker/client"
+
+	"github.com/redash-agent/redash-agent/internal/testenv"
+)
+
+// stack is one simulated instance: its own project, ports and files.
+type stack struct {
+	*fixture
+	project    string
+	serverPort int
+	nginxPort  int
+	docker     *client.Client
+	pgDB       string
+}
+
+func redashImage(t *testing.T, tag, head string) string {
+	testenv.BuildFakeImage(t, testenv.FakeImage{Tag: tag, Env: map[string]string{"FAKEREDASH_HEAD": head}})
+	return tag
+}
+
+func newStack(t *testing.T) *stack {
+	t.Helper()
+	dc := testenv.DockerClient(t)
+	pg := testenv.Postgres(t)
+	s := &stack{
+		fixture:    newFixture(t, seedTags),
+		project:    fmt.Sprintf("rae2e%d", time.Now().UnixNano()%1_000_000_000),
+		serverPort: testenv.FreePort(t),
+		nginxPort:  testenv.FreePort(t),
+		docker:     dc,
+		pgDB:       pg.NewDatabase(t),
+	}
+	s.moto.Put(t, "Redash/RDS/User", pg.User)
+	s.moto.Put(t, "Redash/RDS/Password", pg.Password)
+	redashImage(t, "redash-agent-test/redash:v1", "rev1")
+	testenv.BuildFakeImage(t, testenv.FakeImage{Tag: "redash-agent-test/nginx:latest", Cmd: []string{"nginx"}})
+	s.writeConfig("redash-agent-test/redash:v1", fmt.Sprintf("db-endpoint: %s:%d\ndb-name: %s\n", pg.Host, pg.Port, s.pgDB))
+	t.Cleanup(func() {
+		// Leave nothing behind, whatever the test did.
+		exec.Command(agentBinary(t), "--dir", s.dir, "--config", s.config, "--state-dir", s.stateDir(), "down", "--remove").Run()
+	})
+	return s
+}
+
+func (s *stack) stateDir() string { return filepath.Join(filepath.Dir(s.dir), "state") }
+
+func (s *stack) writeConfig(image, extra string) {
+	cfg := fmt.Sprintf(`project: %s
+image: %s
+nginx-image: redash-agent-test/nginx:latest
+server-port: %d
+nginx-port: %d
+redis-endpoint: redis.invalid:6379
+%s`, s.project, image, s.serverPort, s.nginxPort, extra)
+	if err := os.WriteFile(s.config, []byte(cfg), 0o644); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+func (s *stack) up(t *testing.T, args ...string) string {
+	t.Helper()
+	stdout, stderr, code := s.run(append([]string{"up"}, args...)...)
+	if code != 0 {
+		t.Fatalf("up exited %d\nstdout: %s\nstderr: %s", code, stdout, stderr)
+	}
+	return stdout
+}
+
+// containers maps service -> container ID for the project's service containers.
+func (s *stack) containers(t *testing.T) map[string]string {
+	t.Helper()
+	list, err := s.docker.ContainerList(context.Background(), container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", "com.docker.compose.project="+s.project))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, c := range list {
+		if c.Labels["com.docker.compose.oneoff"] == "True" {
+			t.Errorf("one-off container %v left behind", c.Names)
+			continue
+		}
+		svc := c.Labels["com.docker.compose.service"]
+		if _, dup := out[svc]; dup {
+			t.Errorf("service %s has two containers", svc)
+		}
+		if want := "/" + s.project + "-" + svc + "-1"; len(c.Names) == 0 || c.Names[0] != want {
+			t.Errorf("container %v, want name %s", c.Names, want)
+		}
+		out[svc] = c.ID
+	}
+	return out
+}
+
+// serverEnv asks the running server which environment it got.
+func (s *stack) serverEnv(t *testing.T) map[string]string {
+	t.Helper()
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/env", s.serverPort))
+	if err != nil {
+		t.Fatalf("asking the server for its env: %v", err)
+	}
+	defer resp.Body.Close()
+	var env map[string]string
+	if err := json.NewDecoder(resp.Body).Decode(&env); err != nil {
+		t.Fatal(err)
+	}
+	return env
+}
+
+// mutatingEvents counts container/network changes of the project during fn.
+func (s *stack) mutatingEvents(t *testing.T, fn func()) []string {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	since := time.Now()
+	fn()
+	time.Sleep(300 * time.Millisecond) // let the daemon flush the events
+	msgs, errs := s.docker.Events(ctx, events.ListOptions{
+		Since: fmt.Sprint(since.Unix()), Until: fmt.Sprint(time.Now().Unix() + 1),
+		Filters: filters.NewArgs(filters.Arg("label", "com.docker.compose.project="+s.project)),
+	})
+	var got []string
+	for {
+		select {
+		case m, ok := <-msgs:
+			if !ok {
+				return got
+			}
+			switch m.Action {
+			case "create", "start", "stop", "die", "destroy", "kill", "rename", "restart", "connect", "disconnect", "update":
+				got = append(got, string(m.Type)+" "+string(m.Action)+" "+m.Actor.Attributes["name"])
+			}
+		case err := <-errs:
+			if err != nil && err != io.EOF {
+				t.Fatalf("events: %v", err)
+			}
+			return got
+		}
+	}
+}
+
+func TestUpEndToEnd(t *testing.T) {
+	s := newStack(t)
+
+	// 1. From nothing to a running stack.
+	s.up(t)
+	ids := s.containers(t)
+	for _, svc := range []string{"server", "scheduler", "scheduled_worker", "adhoc_worker", "worker", "nginx"} {
+		if ids[svc] == "" {
+			t.Errorf("no container for %s after up", svc)
+		}
+	}
+	env := s.serverEnv(t)
+	if env["REDASH_SECRET_KEY"] != seedSecrets["Redash/SecretKey"] || env["REDASH_COOKIE_SECRET"] != seedSecrets["Redash/CookieSecret"] {
+		t.Errorf("server did not get the secrets byte for byte")
+	}
+	if resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/ping", s.nginxPort)); err != nil || resp.StatusCode != 200 {
+		t.Errorf("nginx does not reach the server as redash:5000: %v", err)
+	}
+
+	// 2. Again: nothing changes, not one mutating Docker event.
+	var out string
+	if evs := s.mutatingEvents(t, func() { out = s.up(t) }); len(evs) != 0 {
+		t.Errorf("no-op up caused Docker events: %v", evs)
+	}
+	if !strings.Contains(out, "up to date") {
+		t.Errorf("no-op up printed %q", out)
+	}
+
+	// 3. Rotate a secret: the Redash services are recreated, nginx is not.
+	s.moto.Put(t, "Redash/CookieSecret", "rotated-cookie-secret-value")
+	s.up(t)
+	after := s.containers(t)
+	for svc, id := range ids {
+		recreated := after[svc] != id
+		if want := svc != "nginx"; recreated != want {
+			t.Errorf("after rotating the cookie secret: %s recreated=%v, want %v", svc, recreated, want)
+		}
+	}
+	if got := s.serverEnv(t)["REDASH_COOKIE_SECRET"]; got != "rotated-cookie-secret-value" {
+		t.Errorf("server has the old cookie secret after rotation")
+	}
+
+	// 4. A new version: every Redash service moves, after the upgrade.
+	redashImage(t, "redash-agent-test/redash:v2", "rev2")
+	s.writeConfig("redash-agent-test/redash:v2", fmt.Sprintf("db-endpoint: %s\ndb-name: %s\n", pgEndpoint(t), s.pgDB))
+	s.up(t)
+	list, _ := s.docker.ContainerList(context.Background(), container.ListOptions{Filters: filters.NewArgs(filters.Arg("label", "com.docker.compose.project="+s.project))})
+	for _, c := range list {
+		if c.Labels["com.docker.compose.service"] != "nginx" && c.Image != "redash-agent-test/redash:v2" {
+			t.Errorf("%v still runs %s", c.Names, c.Image)
+		}
+	}
+	stdout, _, _ := s.run("status")
+	if !strings.Contains(stdout, "database: current (image head rev2)") {
+		t.Errorf("status does not show the upgraded database:\n%s", stdout)
+	}
+
+	// 5. docker-compose 1.29 sees the same stack.
+	dc := testenv.RequireTool(t, "docker-compose", "apt-get install docker-compose")
+	psOut, err := exec.Command(dc, "-p", s.project, "-f", filepath.Join(s.dir, "docker-compose.yml"), "ps").CombinedOutput()
+	if err != nil {
+		t.Fatalf("docker-compose ps: %v\n%s", err, psOut)
+	}
+	for _, svc := range []string{"server", "worker", "nginx"} {
+		if !strings.Contains(string(psOut), s.project+"-"+svc+"-1") {
+			t.Errorf("docker-compose ps does not list %s:\n%s", svc, psOut)
+		}
+	}
+
+	// 6. A smaller layout: role web drops the scheduler and workers.
+	s.up(t, "--set", "role=web")
+	left := s.containers(t)
+	if len(left) != 2 || left["server"] == "" || left["nginx"] == "" {
+		t.Errorf("after role=web: containers %v, want server and nginx only", left)
+	}
+
+	assertNoSecrets(t, s.outputs.Bytes(), "the binary's output")
+	assertNoLabelsHoldSecrets(t, s)
+}
+
+func pgEndpoint(t *testing.T) string {
+	pg := testenv.Postgres(t)
+	return fmt.Sprintf("%s:%d", pg.Host, pg.Port)
+}
+
+// assertNoLabelsHoldSecrets: labels and argv are world-readable through
+// `docker inspect`/`ps`; the env is the only place a secret may be.
+func assertNoLabelsHoldSecrets(t *testing.T, s *stack) {
+	t.Helper()
+	list, _ := s.docker.ContainerList(context.Background(), container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", "com.docker.compose.project="+s.project))})
+	for _, c := range list {
+		inspect, err := s.docker.ContainerInspect(context.Background(), c.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := json.Marshal(map[string]any{"labels": inspect.Config.Labels, "cmd": inspect.Config.Cmd, "args": inspect.Args, "entrypoint": inspect.Config.Entrypoint})
+		assertNoSecrets(t, b, fmt.Sprintf("labels/argv of %v", c.Names))
+	}
+}
+
+// TestFirstBootRaceIsGone reproduces the old AMI: a stack started by
+// docker-compose v1 with `restart: always` and a stale env (what the baked
+// build left), then two agents started at the same moment. The agents must
+// replace it with one fresh stack.
+func TestFirstBootRaceIsGone(t *testing.T) {
+	s := newStack(t)
+	dcBin := testenv.RequireTool(t, "docker-compose", "apt-get install docker-compose")
+
+	// What the AMI build left: the same services, compose v1 names, stale env, restart always.
+	stale := t.TempDir()
+	staleEnv := "REDASH_SECRET_KEY=stale-baked-value\nREDASH_COOKIE_SECRET=stale\n"
+	staleCompose := `version: "2"
+services:
+  server:
+    image: redash-agent-test/redash:v1
+    command: server
+    restart: always
+    env_file: env
+  worker:
+    image: redash-agent-test/redash:v1
+    command: worker
+    restart: always
+    env_file: env
+`
+	os.WriteFile(filepath.Join(stale, "env"), []byte(staleEnv), 0o600)
+	os.WriteFile(filepath.Join(stale, "docker-compose.yml"), []byte(staleCompose), 0o644)
+	if out, err := exec.Command(dcBin, "-p", s.project, "-f", filepath.Join(stale, "docker-compose.yml"), "up", "-d").CombinedOutput(); err != nil {
+		t.Fatalf("starting the stale stack with docker-compose 1.29: %v\n%s", err, out)
+	}
+
+	var wg sync.WaitGroup
+	codes := make([]int, 2)
+	errs := make([]string, 2)
+	for i := range codes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i], codes[i] = s.run("up")
+		}()
+	}
+	wg.Wait()
+	for i, c := range codes {
+		if c != 0 {
+			t.Errorf("agent %d exited %d: %s", i, c, errs[i])
+		}
+	}
+	ids := s.containers(t) // fails on duplicates and on v1 names like <project>_server_1
+	if len(ids) != 6 {
+		t.Errorf("want 6 service containers, got %v", ids)
+	}
+	if got := s.serverEnv(t)["REDASH_SECRET_KEY"]; got != seedSecrets["Redash/SecretKey"] {
+		t.Errorf("the server still runs with the baked env")
+	}
+	for _, id := range ids {
+		c, err := s.docker.ContainerInspect(context.Background(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p := c.HostConfig.RestartPolicy.Name; p != container.RestartPolicyOnFailure {
+			t.Errorf("%s restart policy %q, want on-failure (Docker must never start Redash by itself)", c.Name, p)
+		}
+	}
+	nets, _ := s.docker.NetworkList(context.Background(), network.ListOptions{Filters: filters.NewArgs(filters.Arg("name", s.project+"_default"))})
+	if len(nets) != 1 {
+		t.Errorf("%d networks named %s_default, want 1", len(nets), s.project)
+	}
+}
