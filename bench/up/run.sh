@@ -20,7 +20,7 @@
 # must keep every container ID. Each measured command is bounded by `timeout`.
 # docs/bench-up.md reports a run.
 #
-# Usage: bench/up/run.sh [RUNS]        (RUNS per side, default 5)
+# Usage: [AGENT_BIN=path] bench/up/run.sh [RUNS]    (RUNS per side, default 5)
 # Needs: go, docker (CLI + Engine), docker-compose 1.29, GNU time
 #        (/usr/bin/time; apt-get install -y time), curl; host ports 10080 and
 #        15000 free (agent.yaml publishes them).
@@ -82,8 +82,13 @@ build_image "${IMAGES[3]}" worker
 
 # --- the programs, and the one compose file.
 (cd "$REPO" && go build -o "$TMP/floor" ./bench/up/floor)
-(cd "$REPO" && go build -o "$TMP/redash-agent" ./cmd/redash-agent) ||
-	die "building ./cmd/redash-agent failed: the agent side needs it"
+# AGENT_BIN=/path/to/redash-agent measures a prebuilt binary instead.
+if [ -n "${AGENT_BIN:-}" ]; then
+	cp "$AGENT_BIN" "$TMP/redash-agent"
+else
+	(cd "$REPO" && go build -o "$TMP/redash-agent" ./cmd/redash-agent) ||
+		die "building ./cmd/redash-agent failed: the agent side needs it (or set AGENT_BIN)"
+fi
 mkdir -p "$TMP/state" "$TMP/agent" "$TMP/render"
 AGENT_FLAGS="--config $HERE/agent.yaml --provider local --state-dir $TMP/state --log-format json"
 # shellcheck disable=SC2086 # flags split on purpose

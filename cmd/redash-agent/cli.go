@@ -77,6 +77,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		statusCmd(&g),
 		migrateCmd(&g),
 		runCmd(&g),
+		doctorCmd(&g),
+		prepareImageCmd(&g),
 	)
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

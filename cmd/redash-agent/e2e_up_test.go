@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -328,4 +329,80 @@ services:
 	if len(nets) != 1 {
 		t.Errorf("%d networks named %s_default, want 1", len(nets), s.project)
 	}
+}
+
+// startRedis runs a throwaway redis-server on a loopback port.
+func startRedis(t *testing.T) string {
+	t.Helper()
+	bin := testenv.RequireTool(t, "redis-server", "apt-get install redis-server")
+	port := testenv.FreePort(t)
+	cmd := exec.Command(bin, "--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	for i := 0; i < 50; i++ {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			return addr
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("redis-server did not listen on %s", addr)
+	return ""
+}
+
+func TestDoctorAndPrepareImage(t *testing.T) {
+	s := newStack(t)
+	redisAddr := startRedis(t)
+	s.writeConfig("redash-agent-test/redash:v1", fmt.Sprintf("db-endpoint: %s\ndb-name: %s\nredis-url: redis://%s/0\n", pgEndpoint(t), s.pgDB, redisAddr))
+	// writeConfig also sets redis-endpoint; the url is what this test wants.
+	cfg, _ := os.ReadFile(s.config)
+	os.WriteFile(s.config, []byte(strings.Replace(string(cfg), "redis-endpoint: redis.invalid:6379\n", "", 1)), 0o644)
+	s.up(t)
+
+	stdout, stderr, code := s.run("doctor")
+	if code != 0 {
+		t.Fatalf("doctor on a healthy stack exited %d:\n%s\n%s", code, stdout, stderr)
+	}
+	for _, want := range []string{"[ok]    docker:", "[ok]    files:", "[ok]    database:", "[ok]    redis:", "[ok]    containers:", "[ok]    server:"} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("doctor output lacks %q:\n%s", want, stdout)
+		}
+	}
+
+	// A readable env file is a failure with the fix.
+	os.Chmod(filepath.Join(s.dir, "env"), 0o644)
+	stdout, _, code = s.run("doctor")
+	if code != exitFailure || !strings.Contains(stdout, "others can read the secrets") || !strings.Contains(stdout, "chmod 600") {
+		t.Errorf("doctor with a 0644 env file: exit %d\n%s", code, stdout)
+	}
+	stdout, _, _ = s.run("doctor", "--json")
+	var findings []map[string]any
+	if err := json.Unmarshal([]byte(stdout), &findings); err != nil || len(findings) < 5 {
+		t.Errorf("doctor --json: %v\n%s", err, stdout)
+	}
+
+	// Before prepare-image the instance state would be baked into an AMI.
+	if _, _, code := s.run("doctor", "--offline"); code != exitFailure {
+		t.Errorf("doctor --offline passed with an env file and containers present")
+	}
+	stdout, stderr, code = s.run("prepare-image")
+	if code != 0 || !strings.Contains(stdout, "present: redash-agent-test/redash:v1") {
+		t.Fatalf("prepare-image exited %d\n%s\n%s", code, stdout, stderr)
+	}
+	if ids := s.containers(t); len(ids) != 0 {
+		t.Errorf("prepare-image left containers: %v", ids)
+	}
+	for _, p := range []string{filepath.Join(s.dir, "env"), filepath.Join(s.stateDir(), "hash-key")} {
+		if _, err := os.Stat(p); err == nil {
+			t.Errorf("prepare-image left %s", p)
+		}
+	}
+	stdout, _, code = s.run("doctor", "--offline")
+	if code != 0 || !strings.Contains(stdout, "[ok]    clean image") {
+		t.Errorf("doctor --offline after prepare-image: exit %d\n%s", code, stdout)
+	}
+	assertNoSecrets(t, s.outputs.Bytes(), "the binary's output")
 }

@@ -1,0 +1,289 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/client"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/redash-agent/redash-agent/internal/doctor"
+	"github.com/redash-agent/redash-agent/internal/engine"
+	"github.com/redash-agent/redash-agent/internal/envfile"
+	"github.com/redash-agent/redash-agent/internal/imds"
+)
+
+// minFreeBytes is the free space below which doctor warns: an image pull or
+// an env file write can fail on a full disk.
+const minFreeBytes = 1 << 30
+
+// Doctor checks, in the order a boot needs them, everything the agent
+// depends on, and says how to fix what is wrong. offline skips what needs
+// AWS or the databases: it is the Image Builder test phase's check that the
+// image is clean and the agent can run.
+func (a *Agent) Doctor(ctx context.Context, offline bool) doctor.Report {
+	var (
+		r    Rendered
+		dc   *client.Client
+		eng  *engine.Engine
+		dErr error
+	)
+	dc, eng, dErr = a.docker()
+	if dc != nil {
+		defer dc.Close()
+	}
+	checks := []doctor.Check{
+		{Name: "docker", Run: func(ctx context.Context) doctor.Result {
+			if dErr != nil {
+				return doctor.Result{Status: doctor.Fail, Detail: dErr.Error(), Fix: "start Docker: sudo systemctl start docker"}
+			}
+			v, err := dc.ServerVersion(ctx)
+			if err != nil {
+				return doctor.Result{Status: doctor.Fail, Detail: "the Docker Engine does not answer: " + err.Error(), Fix: "sudo systemctl start docker; check DOCKER_HOST"}
+			}
+			return doctor.Result{Status: doctor.OK, Detail: fmt.Sprintf("Docker Engine %s (API %s) answers on %s", v.Version, v.APIVersion, dc.DaemonHost())}
+		}},
+		{Name: "disk", Run: func(ctx context.Context) doctor.Result { return a.checkDisk() }},
+	}
+	if offline {
+		checks = append(checks,
+			doctor.Check{Name: "clean image", Needs: []string{"docker"}, Run: func(ctx context.Context) doctor.Result {
+				return a.checkClean(ctx, dc)
+			}},
+		)
+		return doctor.Run(ctx, checks, 20*time.Second)
+	}
+	checks = append(checks,
+		doctor.Check{Name: "imds", Run: func(ctx context.Context) doctor.Result {
+			inst, err := imds.New(imds.Options{Deadline: 10 * time.Second, Logger: a.quietLogger()}).Instance(ctx)
+			if err != nil {
+				fix := "check the launch template's MetadataOptions: HttpEndpoint enabled, HttpTokens required, HttpPutResponseHopLimit 1"
+				if errors.Is(err, imds.ErrTagsNotEnabled) {
+					fix = "set InstanceMetadataTags: enabled in the launch template's MetadataOptions"
+				}
+				return doctor.Result{Status: doctor.Fail, Detail: err.Error(), Fix: fix}
+			}
+			n := 0
+			for k := range inst.Tags {
+				if strings.HasPrefix(k, "redash:") {
+					n++
+				}
+			}
+			return doctor.Result{Status: doctor.OK, Detail: fmt.Sprintf("instance %s in %s, %d redash: tags", inst.InstanceID, inst.Region, n)}
+		}},
+		doctor.Check{Name: "configuration and secrets", Run: func(ctx context.Context) doctor.Result {
+			var err error
+			r, err = a.quiet().Render(ctx)
+			if err != nil {
+				fix := "see `redash-agent config` for each value and its source"
+				if strings.Contains(err.Error(), "GetSecretValue") || strings.Contains(err.Error(), "not found") {
+					fix = "create the secret or fix its redash:secret:<name> tag; the instance role needs secretsmanager:GetSecretValue on it"
+				}
+				return doctor.Result{Status: doctor.Fail, Detail: err.Error(), Fix: fix}
+			}
+			return doctor.Result{Status: doctor.OK, Detail: fmt.Sprintf("Redash %s, role %s, %d secrets fetched", r.Config.Version, r.Config.Role, len(r.Secrets))}
+		}},
+		doctor.Check{Name: "files", Needs: []string{"configuration and secrets"}, Run: func(ctx context.Context) doctor.Result {
+			return a.checkFiles(r)
+		}},
+		doctor.Check{Name: "database", Needs: []string{"configuration and secrets", "docker"}, Run: func(ctx context.Context) doctor.Result {
+			return a.checkDatabase(ctx, r, dc)
+		}},
+		doctor.Check{Name: "redis", Needs: []string{"configuration and secrets"}, Run: func(ctx context.Context) doctor.Result {
+			return checkRedis(ctx, r)
+		}},
+		doctor.Check{Name: "containers", Needs: []string{"configuration and secrets", "docker"}, Run: func(ctx context.Context) doctor.Result {
+			return a.checkContainers(ctx, r, eng)
+		}},
+		doctor.Check{Name: "server", Needs: []string{"configuration and secrets"}, Run: func(ctx context.Context) doctor.Result {
+			return checkPing(ctx, r)
+		}},
+	)
+	return doctor.Run(ctx, checks, 30*time.Second)
+}
+
+func (a *Agent) checkDisk() doctor.Result {
+	var low []string
+	var detail []string
+	for _, dir := range []string{a.o.Dir, "/var/lib/docker"} {
+		d := dir
+		for {
+			if _, err := os.Stat(d); err == nil || d == "/" {
+				break
+			}
+			d = filepath.Dir(d)
+		}
+		var st syscall.Statfs_t
+		if err := syscall.Statfs(d, &st); err != nil {
+			continue
+		}
+		free := st.Bavail * uint64(st.Bsize)
+		detail = append(detail, fmt.Sprintf("%s: %.1f GiB free", d, float64(free)/(1<<30)))
+		if free < minFreeBytes {
+			low = append(low, d)
+		}
+	}
+	if len(low) > 0 {
+		return doctor.Result{Status: doctor.Warn, Detail: strings.Join(detail, ", "), Fix: "free space on " + strings.Join(low, ", ") + ": `docker image prune -a` removes images no container uses"}
+	}
+	return doctor.Result{Status: doctor.OK, Detail: strings.Join(detail, ", ")}
+}
+
+// checkClean: an AMI must carry no instance state (secrets, containers, locks).
+func (a *Agent) checkClean(ctx context.Context, dc *client.Client) doctor.Result {
+	var left []string
+	for _, p := range []string{filepath.Join(a.o.Dir, EnvFileName), filepath.Join(a.o.Dir, ".redash-agent.lock"), filepath.Join(a.o.StateDir, "hash-key"), filepath.Join(a.o.StateDir, "local-secrets.json")} {
+		if _, err := os.Stat(p); err == nil {
+			left = append(left, p)
+		}
+	}
+	cs, err := dc.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", engine.LabelProject+"="+a.projectName()))})
+	if err != nil {
+		return doctor.Result{Status: doctor.Fail, Detail: "listing containers: " + err.Error()}
+	}
+	for _, c := range cs {
+		left = append(left, "container "+strings.TrimPrefix(c.Names[0], "/"))
+	}
+	if len(left) > 0 {
+		return doctor.Result{Status: doctor.Fail, Detail: "instance state left in the image: " + strings.Join(left, ", "), Fix: "run `redash-agent prepare-image` as the last build step"}
+	}
+	return doctor.Result{Status: doctor.OK, Detail: "no env file, state, lock or Redash containers"}
+}
+
+// checkFiles compares what is on disk with what the configuration renders.
+func (a *Agent) checkFiles(r Rendered) doctor.Result {
+	envPath := filepath.Join(a.o.Dir, EnvFileName)
+	st, err := os.Stat(envPath)
+	if errors.Is(err, fs.ErrNotExist) {
+		return doctor.Result{Status: doctor.Fail, Detail: envPath + " does not exist", Fix: "sudo redash-agent up"}
+	}
+	if err != nil {
+		return doctor.Result{Status: doctor.Fail, Detail: err.Error()}
+	}
+	if st.Mode().Perm() != 0o600 {
+		return doctor.Result{Status: doctor.Fail, Detail: fmt.Sprintf("%s has mode %v: others can read the secrets", envPath, st.Mode().Perm()), Fix: "sudo chmod 600 " + envPath + " (the next `up` fixes it too)"}
+	}
+	onDisk, err := os.ReadFile(envPath)
+	if err != nil {
+		return doctor.Result{Status: doctor.Fail, Detail: err.Error()}
+	}
+	if _, err := envfile.Parse(onDisk); err != nil {
+		return doctor.Result{Status: doctor.Fail, Detail: "the env file is not in the agent's dialect: " + err.Error(), Fix: "sudo redash-agent up rewrites it"}
+	}
+	composeOnDisk, _ := os.ReadFile(filepath.Join(a.o.Dir, ComposeFileName))
+	var stale []string
+	if !bytes.Equal(onDisk, r.EnvFile) {
+		stale = append(stale, EnvFileName)
+	}
+	if !bytes.Equal(composeOnDisk, r.Compose) {
+		stale = append(stale, ComposeFileName)
+	}
+	if len(stale) > 0 {
+		return doctor.Result{Status: doctor.Warn, Detail: "differs from the current configuration: " + strings.Join(stale, ", ") + " (a secret rotated or a tag changed since the last converge)", Fix: "sudo redash-agent up, or wait for the next refresh"}
+	}
+	return doctor.Result{Status: doctor.OK, Detail: "env (0600) and docker-compose.yml match the configuration"}
+}
+
+func (a *Agent) checkDatabase(ctx context.Context, r Rendered, dc *client.Client) doctor.Result {
+	db := r.State.DB
+	if r.State.Spec.Local {
+		return doctor.Result{Status: doctor.Skip, Detail: "bundled postgres: checked through its container"}
+	}
+	addr := net.JoinHostPort(db.Host, strconv.Itoa(db.Port))
+	state := a.databaseState(ctx, r, dc)
+	switch {
+	case strings.HasPrefix(state, "current"):
+		return doctor.Result{Status: doctor.OK, Detail: fmt.Sprintf("%s database %q: %s", addr, db.Name, state)}
+	case strings.HasPrefix(state, "unknown: the image's head"):
+		return doctor.Result{Status: doctor.Warn, Detail: state, Fix: "sudo redash-agent migrate"}
+	case strings.HasPrefix(state, "unknown"):
+		return doctor.Result{Status: doctor.Fail, Detail: fmt.Sprintf("%s: %s", addr, state), Fix: "check the security group allows this instance to reach " + addr + " and the db-user/db-password secrets"}
+	default:
+		return doctor.Result{Status: doctor.Warn, Detail: fmt.Sprintf("%s database %q: %s", addr, db.Name, state), Fix: "sudo redash-agent migrate"}
+	}
+}
+
+func checkRedis(ctx context.Context, r Rendered) doctor.Result {
+	if r.State.Spec.Local {
+		return doctor.Result{Status: doctor.Skip, Detail: "bundled redis: checked through its container"}
+	}
+	opt, err := redis.ParseURL(r.State.Env["REDASH_REDIS_URL"])
+	if err != nil {
+		// The URL may hold the auth token: name the setting, not the value.
+		return doctor.Result{Status: doctor.Fail, Detail: "REDASH_REDIS_URL is not a valid redis URL", Fix: "check redash:redis-endpoint / redash:redis-url"}
+	}
+	opt.DialTimeout, opt.ReadTimeout = 5*time.Second, 5*time.Second
+	c := redis.NewClient(opt)
+	defer c.Close()
+	if err := c.Ping(ctx).Err(); err != nil {
+		return doctor.Result{Status: doctor.Fail, Detail: fmt.Sprintf("redis at %s does not answer PING: %v", opt.Addr, err), Fix: "check the ElastiCache security group allows this instance on " + opt.Addr + " and the redis-auth secret"}
+	}
+	return doctor.Result{Status: doctor.OK, Detail: "redis at " + opt.Addr + " answers PING"}
+}
+
+func (a *Agent) checkContainers(ctx context.Context, r Rendered, eng *engine.Engine) doctor.Result {
+	d, err := a.desired(r)
+	if err != nil {
+		return doctor.Result{Status: doctor.Fail, Detail: err.Error()}
+	}
+	sts, err := eng.Status(ctx, d)
+	if err != nil {
+		return doctor.Result{Status: doctor.Fail, Detail: err.Error()}
+	}
+	var bad []string
+	for _, s := range sts {
+		switch {
+		case s.State != "running":
+			bad = append(bad, fmt.Sprintf("%s is %s", s.Service, s.State))
+		case !s.HashCurrent:
+			bad = append(bad, s.Service+" runs an old configuration")
+		case s.RestartCount > 3:
+			bad = append(bad, fmt.Sprintf("%s restarted %d times", s.Service, s.RestartCount))
+		}
+	}
+	if len(bad) > 0 {
+		return doctor.Result{Status: doctor.Fail, Detail: strings.Join(bad, "; "), Fix: "sudo redash-agent up; `docker logs <container>` shows why one fails"}
+	}
+	return doctor.Result{Status: doctor.OK, Detail: fmt.Sprintf("%d services running with the current configuration", len(sts))}
+}
+
+func checkPing(ctx context.Context, r Rendered) doctor.Result {
+	if _, ok := r.Project.Services["server"]; !ok {
+		return doctor.Result{Status: doctor.Skip, Detail: "no server on this instance (role " + r.Config.Role + ")"}
+	}
+	url := fmt.Sprintf("http://127.0.0.1:%d/ping", r.Config.ServerPort)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return doctor.Result{Status: doctor.Fail, Detail: url + ": " + err.Error(), Fix: "sudo redash-agent status; docker logs " + r.Config.Project + "-server-1"}
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return doctor.Result{Status: doctor.Fail, Detail: fmt.Sprintf("%s answered %d", url, resp.StatusCode), Fix: "docker logs " + r.Config.Project + "-server-1"}
+	}
+	return doctor.Result{Status: doctor.OK, Detail: url + " answers 200: the ALB health check will pass"}
+}
+
+// quiet returns an agent that logs only errors, for doctor's own output.
+func (a *Agent) quiet() *Agent {
+	q := *a
+	q.log = a.quietLogger()
+	return &q
+}
+
+// quietLogger discards: doctor reports findings itself, once.
+func (a *Agent) quietLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }

@@ -1,0 +1,143 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/redash-agent/redash-agent/internal/compose"
+	"github.com/redash-agent/redash-agent/internal/config"
+	"github.com/redash-agent/redash-agent/internal/desired"
+	"github.com/redash-agent/redash-agent/internal/engine"
+	"github.com/redash-agent/redash-agent/internal/secrets"
+)
+
+// bakeLayer stands in for the endpoints an image build does not have: the
+// images of a layout do not depend on them, and validation wants them.
+func bakeLayer(given ...config.Layer) config.Layer {
+	set := map[string]bool{}
+	for _, l := range given {
+		for k := range l.Values {
+			set[k] = true
+		}
+	}
+	vals := map[string]string{}
+	if !set["db-endpoint"] && !set["db-secret"] {
+		vals["db-endpoint"] = "unused.invalid:5432"
+	}
+	if !set["redis-endpoint"] && !set["redis-url"] {
+		vals["redis-endpoint"] = "unused.invalid:6379"
+	}
+	return config.Layer{Source: config.SourceDefault, Origin: "prepare-image", Values: vals}
+}
+
+// PrepareImage is what the Image Builder build phase runs: pull the images of
+// the configured version so that boot needs no pull, then leave no
+// containers, env file, state or lock in the image. It reads no instance tags
+// and no secrets: the build instance has neither.
+func (a *Agent) PrepareImage(ctx context.Context) ([]string, error) {
+	var images []string
+	var cfg config.Config
+	err := a.step(ctx, "resolve configuration", func(ctx context.Context) error {
+		path := a.o.ConfigFile
+		if path == "" {
+			path = config.DefaultFile
+		}
+		file, _, err := config.LoadFile(path)
+		if err != nil {
+			return &ConfigError{err}
+		}
+		flags := config.Layer{Source: config.SourceFlag, Origin: "flag --set", Values: map[string]string{}}
+		for k, v := range a.o.Set {
+			flags.Values[k] = v
+		}
+		if a.o.Provider != "" {
+			flags.Values["provider"] = a.o.Provider
+		}
+		cfg, err = config.Resolve(config.Defaults(), bakeLayer(file, flags), file, flags)
+		if err != nil {
+			return &ConfigError{err}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	// Every role's images: the AMI serves web and worker instances alike.
+	cfg.Role = config.RoleAll
+	st, err := desired.Build(cfg, placeholderSecrets(cfg), a.o.Dir)
+	if err != nil {
+		return nil, &ConfigError{err}
+	}
+	spec := st.Spec
+	if cfg.Provider == config.ProviderLocal {
+		spec.Local = true
+	}
+	proj, err := compose.Project(spec)
+	if err != nil {
+		return nil, &ConfigError{err}
+	}
+	dc, eng, err := a.docker()
+	if err != nil {
+		return nil, err
+	}
+	defer dc.Close()
+	d := engine.Desired{Project: proj, Env: map[string]string{}, HashKey: []byte("prepare-image")}
+	if err := a.step(ctx, "pull images", func(ctx context.Context) error { return eng.EnsureImages(ctx, d) }); err != nil {
+		return nil, err
+	}
+	for _, s := range proj.Services {
+		images = append(images, s.Image)
+	}
+	err = a.step(ctx, "clean the image", func(ctx context.Context) error {
+		if err := eng.Down(ctx, proj.Name, true); err != nil {
+			return err
+		}
+		return a.removeInstanceState()
+	})
+	return images, err
+}
+
+// removeInstanceState deletes what must never be baked into an AMI: the env
+// file (secrets), the lock, the hash key and caches, and generated secrets.
+func (a *Agent) removeInstanceState() error {
+	var errs []error
+	for _, p := range []string{
+		filepath.Join(a.o.Dir, EnvFileName),
+		filepath.Join(a.o.Dir, ComposeFileName),
+		filepath.Join(a.o.Dir, ".redash-agent.lock"),
+	} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("removing %q: %w", p, err))
+		}
+	}
+	entries, err := os.ReadDir(a.o.StateDir)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("reading state directory %q: %w", a.o.StateDir, err))
+	}
+	for _, e := range entries {
+		p := filepath.Join(a.o.StateDir, e.Name())
+		if err := os.RemoveAll(p); err != nil {
+			errs = append(errs, fmt.Errorf("removing %q: %w", p, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// placeholderSecrets satisfies desired.Build without fetching anything: the
+// images to pull do not depend on secret values, and nothing rendered from
+// them is kept.
+func placeholderSecrets(cfg config.Config) map[string]secrets.Secret {
+	out := map[string]secrets.Secret{}
+	for name, ref := range cfg.Secrets {
+		v := "unused"
+		if name == secrets.DBSecret {
+			v = `{"username":"unused","password":"unused","host":"unused.invalid","port":5432}`
+		}
+		out[name] = secrets.Secret{Ref: ref, Value: secrets.NewValue(v)}
+	}
+	return out
+}
