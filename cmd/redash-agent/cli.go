@@ -152,7 +152,8 @@ type configRow struct {
 }
 
 func configCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	var withDB bool
+	c := &cobra.Command{
 		Use:   "config",
 		Short: "Print each resolved setting and where it came from (secrets as their ids, never values)",
 		Args:  cobra.NoArgs,
@@ -166,6 +167,9 @@ func configCmd(g *globals) *cobra.Command {
 				return err
 			}
 			rows := configRows(res.Config)
+			if withDB {
+				rows = append(rows, configRow{"database-state", a.DatabaseState(c.Context()), "database"})
+			}
 			if g.json {
 				enc := json.NewEncoder(c.OutOrStdout())
 				enc.SetIndent("", "  ")
@@ -179,6 +183,8 @@ func configCmd(g *globals) *cobra.Command {
 			return tw.Flush()
 		},
 	}
+	c.Flags().BoolVar(&withDB, "db", false, "also connect to the database and show its schema state (empty, behind, current)")
+	return c
 }
 
 // configRows lists the resolved configuration, one row per setting.

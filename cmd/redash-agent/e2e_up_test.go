@@ -219,6 +219,9 @@ func TestUpEndToEnd(t *testing.T) {
 	if !strings.Contains(stdout, "database: current (image head rev2)") {
 		t.Errorf("status does not show the upgraded database:\n%s", stdout)
 	}
+	if stdout, _, _ := s.run("config", "--db"); !strings.Contains(stdout, "current (image head rev2)") {
+		t.Errorf("config --db does not show the database state:\n%s", stdout)
+	}
 
 	// 5. docker-compose 1.29 sees the same stack.
 	dc := testenv.RequireTool(t, "docker-compose", "apt-get install docker-compose")

@@ -292,3 +292,21 @@ func (a *Agent) databaseState(ctx context.Context, r Rendered, dc *client.Client
 	}
 	return string(st) + " (image head " + head + ")"
 }
+
+// DatabaseState renders and inspects the database, bounded in time, for
+// `config --db`. It never fails: what it cannot learn it says.
+func (a *Agent) DatabaseState(ctx context.Context) string {
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	q := a.quiet()
+	r, err := q.Render(ctx)
+	if err != nil {
+		return "unknown: " + firstLine(err.Error())
+	}
+	dc, _, err := q.docker()
+	if err != nil {
+		return "unknown: " + err.Error()
+	}
+	defer dc.Close()
+	return q.databaseState(ctx, r, dc)
+}

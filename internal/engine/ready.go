@@ -147,8 +147,25 @@ func ping(ctx context.Context, c *http.Client, addr string) error {
 }
 
 // lastLogs returns the container's last log lines (stdout and stderr), or
-// why they could not be read.
+// why they could not be read. The log driver writes asynchronously, so a
+// container seen crashing a moment ago may not have its lines stored yet:
+// an empty log is read again, briefly.
 func (e *Engine) lastLogs(ctx context.Context, id string) string {
+	var text string
+	for range 4 {
+		if text = e.readLogs(ctx, id); strings.TrimSpace(text) != "" {
+			return text
+		}
+		select {
+		case <-ctx.Done():
+			return "  (no log lines)"
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+	return "  (no log lines)"
+}
+
+func (e *Engine) readLogs(ctx context.Context, id string) string {
 	cctx, cancel := e.call(ctx)
 	defer cancel()
 	rc, err := e.Docker.ContainerLogs(cctx, id, container.LogsOptions{ShowStdout: true, ShowStderr: true, Tail: fmt.Sprint(logLines)})
