@@ -344,6 +344,7 @@ func TestRunUnderSystemd(t *testing.T) {
 
 	// 3. A worker vanishes: the agent puts it back under the same name.
 	ctx := context.Background()
+	mark = len(ns.all())
 	worker := s.project + "-worker-1"
 	oldWorker := rotated["worker"]
 	if err := s.docker.ContainerKill(ctx, oldWorker, "KILL"); err != nil {
@@ -368,6 +369,11 @@ func TestRunUnderSystemd(t *testing.T) {
 	if back.Config.Labels["com.docker.compose.service"] != "worker" {
 		t.Errorf("%s came back with service label %q", worker, back.Config.Labels["com.docker.compose.service"])
 	}
+
+	// The converge that brought it back reports itself.
+	ns.waitFor(t, "the STATUS of the converge after the worker vanished", mark, 30*time.Second, p.exited, func(n notification) bool {
+		return strings.HasPrefix(n.vars["STATUS"], "ready: converged after container "+worker)
+	})
 
 	// 4. SIGTERM: exit 0 within a few seconds, STOPPING=1, Redash keeps running.
 	mark = len(ns.all())
@@ -413,11 +419,52 @@ func TestRunUnderSystemd(t *testing.T) {
 		resp.Body.Close()
 	}
 
-	out := p.out.Bytes()
+	// 5. SIGTERM in the middle of a converge that recreates containers (a
+	// package upgrade restarting the unit right after a rotation): the
+	// agent finishes that converge before it exits, so no service is left
+	// removed until the agent's next start.
+	p2 := startRun(t, s.fixture, ns.path, "--set", "refresh=10s")
+	mark = len(ns.all())
+	ns.waitFor(t, "READY=1 of the second agent", mark, 2*time.Minute, p2.exited, func(n notification) bool { return n.vars["READY"] == "1" })
+	s.moto.Put(t, "Redash/CookieSecret", "second-rotated-cookie-value")
+	mark = len(ns.all())
+	fetched := ns.waitFor(t, "a refresh fetching the rotated secret", mark, 40*time.Second, p2.exited, func(n notification) bool { return n.vars["STATUS"] == "fetch secrets" })
+	ns.waitFor(t, "the converge step of that refresh", fetched.seq, 20*time.Second, p2.exited, func(n notification) bool { return n.vars["STATUS"] == "converge containers" })
+	time.Sleep(300 * time.Millisecond) // inside the recreate of the server
+	termAt := time.Now()
+	if err := p2.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-p2.exited:
+	case <-time.After(90 * time.Second): // systemd's default TimeoutStopSec
+		t.Fatalf("the agent did not exit within 90s of SIGTERM during a converge")
+	}
+	if p2.err != nil {
+		t.Errorf("the agent exited with %v after SIGTERM during a converge, want 0", p2.err)
+	}
+	t.Logf("SIGTERM during a converge: exited after %v", time.Since(termAt).Round(time.Millisecond))
+	final := s.containers(t)
+	for svc := range ids {
+		c, err := s.docker.ContainerInspect(ctx, s.project+"-"+svc+"-1")
+		if err != nil || c.State == nil || !c.State.Running {
+			t.Errorf("after SIGTERM during a converge %s is not running (%v): the agent left Redash half converged", svc, err)
+		}
+	}
+	if len(final) != len(ids) {
+		t.Errorf("after SIGTERM during a converge: containers %v, want %d services", final, len(ids))
+	}
+	if got := s.serverEnv(t)["REDASH_COOKIE_SECRET"]; got != "second-rotated-cookie-value" {
+		t.Errorf("the converge interrupted by SIGTERM did not finish: the server has an old cookie secret")
+	}
+
+	out := append(p.out.Bytes(), p2.out.Bytes()...)
 	assertNoSecrets(t, out, "the output of run")
 	assertNoSecrets(t, []byte(ns.dump()), "the notify datagrams")
-	if bytes.Contains(out, []byte("rotated-cookie-secret-value")) {
-		t.Error("the output of run contains the rotated cookie secret")
+	for _, v := range []string{"rotated-cookie-secret-value", "second-rotated-cookie-value"} {
+		if bytes.Contains(out, []byte(v)) {
+			t.Errorf("the output of run contains the rotated cookie secret %q", v)
+		}
 	}
 	t.Logf("READY=1 %v after the last failed /ping; %d notifications", ready.at.Sub(lastFailure).Round(time.Millisecond), len(ns.all()))
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/docker/docker/api/types/events"
@@ -30,29 +31,56 @@ const stepBudget = 10 * time.Minute
 // vanished before converging: Docker's own on-failure restart comes first.
 const containerSettle = 5 * time.Second
 
+// shutdownGrace is how long a converge already under way at SIGTERM may go
+// on. Cancelling it at once could fall between stopping a container and
+// creating its replacement and leave that service down until the agent
+// starts again, which breaks "stopping the agent never stops Redash". It
+// stays under systemd's default TimeoutStopSec (90s); after it the converge
+// is cancelled, which is still better than systemd's SIGKILL at any point.
+const shutdownGrace = 60 * time.Second
+
 // Run is the systemd entry point: converge, READY=1 once the server answers
 // /ping, then keep converging every refresh interval (with splay) and
 // whenever a Redash container dies or disappears. It returns nil on SIGTERM
-// (ctx done) without stopping Redash: the containers belong to Docker.
+// (ctx done) without stopping Redash: the containers belong to Docker. A
+// converge under way at SIGTERM is finished first (see shutdownGrace).
 func (a *Agent) Run(ctx context.Context, n Notifier) error {
 	n.StartWatchdog(ctx)
+	var stopOnce sync.Once
+	stopping := func() {
+		stopOnce.Do(func() {
+			n.Stopping()
+			a.log.Info("stopping: Redash keeps running under Docker", "step", "shutdown")
+		})
+	}
 	prev := a.o.Status
 	a.o.Status = func(step string) {
 		n.Status("%s", step)
-		n.ExtendTimeout(stepBudget)
+		// After SIGTERM the extension would stretch the stop timeout,
+		// and shutdownGrace already bounds what is left.
+		if ctx.Err() == nil {
+			n.ExtendTimeout(stepBudget)
+		}
 		if prev != nil {
 			prev(step)
 		}
 	}
 
 	boot := time.Now()
-	a.timings = nil
-	res, err := a.Up(ctx)
+	res, err := a.converge(ctx, n, stopping)
 	if errors.Is(err, ErrNotConfigured) {
 		a.log.Info("not configured: exiting cleanly", "step", "boot")
 		n.Ready()
 		n.Status("not configured: no redash: tags and no config file settings")
 		return err
+	}
+	if ctx.Err() != nil {
+		// Stopped during boot: no READY, and not a failure of the unit.
+		if err != nil {
+			a.log.Warn("boot converge interrupted by shutdown; the next start converges again", "step", "shutdown", "err", err)
+		}
+		stopping()
+		return nil
 	}
 	if err != nil {
 		n.Status("failed: %s", firstLine(err.Error()))
@@ -65,30 +93,35 @@ func (a *Agent) Run(ctx context.Context, n Notifier) error {
 	refresh := res.Config.Refresh
 	project := res.Config.Project
 	for {
-		died := a.watchContainers(ctx, project)
+		died, unwatch := a.watchContainers(ctx, project)
 		timer := time.NewTimer(splay(refresh))
 		reason := ""
 		select {
 		case <-ctx.Done():
-			timer.Stop()
-			n.Stopping()
-			a.log.Info("stopping: Redash keeps running under Docker", "step", "shutdown")
-			return nil
 		case <-timer.C:
 			reason = "refresh"
 		case name := <-died:
-			timer.Stop()
 			reason = "container " + name + " died or was removed"
 			select {
 			case <-time.After(containerSettle):
 			case <-ctx.Done():
-				continue
 			}
 		}
+		// Each wait has its own events subscription: ending it here keeps
+		// one open stream (and goroutine) per agent, not one per refresh.
+		unwatch()
+		timer.Stop()
+		if ctx.Err() != nil {
+			stopping()
+			return nil
+		}
 		a.log.Info("converging", "step", "reconverge", "reason", reason)
-		a.timings = nil
-		res2, err := a.Up(ctx)
+		res2, err := a.converge(ctx, n, stopping)
 		if err != nil {
+			if ctx.Err() != nil {
+				a.log.Warn("converge interrupted by shutdown; containers left as they are", "step", "reconverge", "err", err)
+				continue
+			}
 			// The running containers stay as they are; the next tick tries again.
 			a.log.Error("converge failed; containers left as they are", "step", "reconverge", "err", err)
 			n.Status("degraded since %s: %s", time.Now().UTC().Format(time.RFC3339), firstLine(err.Error()))
@@ -99,14 +132,34 @@ func (a *Agent) Run(ctx context.Context, n Notifier) error {
 	}
 }
 
+// converge runs Up once under a context that outlives ctx by shutdownGrace:
+// on SIGTERM it tells systemd STOPPING=1 and how long the stop may take, and
+// lets the converge under way finish.
+func (a *Agent) converge(ctx context.Context, n Notifier, stopping func()) (UpResult, error) {
+	uctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() {
+		stopping()
+		n.ExtendTimeout(shutdownGrace)
+		a.log.Info("finishing the converge under way before stopping", "step", "shutdown", "grace", shutdownGrace)
+		t := time.AfterFunc(shutdownGrace, cancel)
+		<-uctx.Done()
+		t.Stop()
+	})
+	defer stop()
+	a.timings = nil
+	return a.Up(uctx)
+}
+
 // watchContainers reports the name of a project container that died or was
-// destroyed. The subscription lives until ctx ends or one event arrives.
-func (a *Agent) watchContainers(ctx context.Context, project string) <-chan string {
+// destroyed. The subscription lives until ctx ends, one event arrives or
+// the returned stop is called.
+func (a *Agent) watchContainers(ctx context.Context, project string) (<-chan string, func()) {
 	out := make(chan string, 1)
 	dc, err := engine.NewDockerClient()
 	if err != nil {
 		a.log.Warn("not watching containers", "err", err)
-		return out
+		return out, func() {}
 	}
 	wctx, cancel := context.WithCancel(ctx)
 	msgs, errs := dc.Events(wctx, events.ListOptions{Filters: filters.NewArgs(
@@ -123,13 +176,13 @@ func (a *Agent) watchContainers(ctx context.Context, project string) <-chan stri
 		case m := <-msgs:
 			out <- m.Actor.Attributes["name"]
 		case err := <-errs:
-			if ctx.Err() == nil {
+			if wctx.Err() == nil {
 				a.log.Warn("docker events stream ended; relying on the refresh timer", "err", err)
 			}
-		case <-ctx.Done():
+		case <-wctx.Done():
 		}
 	}()
-	return out
+	return out, cancel
 }
 
 // splay spreads refreshes over ±20% so a fleet does not restart together
