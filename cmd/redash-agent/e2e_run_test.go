@@ -435,6 +435,11 @@ func TestRunUnderSystemd(t *testing.T) {
 	if err := p2.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
+	for _, n := range ns.all()[fetched.seq:] {
+		if n.at.Before(termAt) && strings.HasPrefix(n.vars["STATUS"], "ready") {
+			t.Fatalf("the converge had finished (%q) before SIGTERM: this case tests nothing; notifications:\n%s", n.vars["STATUS"], ns.dump())
+		}
+	}
 	select {
 	case <-p2.exited:
 	case <-time.After(90 * time.Second): // systemd's default TimeoutStopSec

@@ -117,11 +117,14 @@ func (a *Agent) Run(ctx context.Context, n Notifier) error {
 		}
 		a.log.Info("converging", "step", "reconverge", "reason", reason)
 		res2, err := a.converge(ctx, n, stopping)
-		if err != nil {
-			if ctx.Err() != nil {
+		if ctx.Err() != nil {
+			// Stopping: no "ready" after STOPPING=1; the loop's top returns.
+			if err != nil {
 				a.log.Warn("converge interrupted by shutdown; containers left as they are", "step", "reconverge", "err", err)
-				continue
 			}
+			continue
+		}
+		if err != nil {
 			// The running containers stay as they are; the next tick tries again.
 			a.log.Error("converge failed; containers left as they are", "step", "reconverge", "err", err)
 			n.Status("degraded since %s: %s", time.Now().UTC().Format(time.RFC3339), firstLine(err.Error()))

@@ -83,17 +83,53 @@ func (e *Engine) apply(ctx context.Context, d Desired, p Plan) error {
 		log.Error("[failed] converging", "step", "remove", "err", err)
 		return err
 	}
+	// New containers are created while the server starts and answers
+	// /ping, and started only after it: creating is most of a cold start's
+	// cost, starting is the part the order is about. A kill in between
+	// leaves created containers with the current hash, which the next run
+	// just starts.
+	var fresh []Action
+	for _, a := range rest {
+		if a.Kind == ActCreate {
+			fresh = append(fresh, a)
+		}
+	}
+	var createdMu sync.Mutex
+	created := map[string]string{} // service -> container ID
+	precreated := make(chan error, 1)
+	go func() {
+		precreated <- parallel(fresh, func(a Action) error {
+			svc := d.Project.Services[a.Service]
+			svc.Name = a.Service
+			id, err := e.createOnly(ctx, d, netID, svc, a)
+			createdMu.Lock()
+			created[a.Service] = id
+			createdMu.Unlock()
+			return err
+		})
+	}()
 	if server != nil {
-		if err := e.applyService(ctx, d, netID, *server); err != nil {
+		err := e.applyService(ctx, d, netID, *server)
+		if err == nil {
+			err = e.waitServer(ctx, d)
+		}
+		if err != nil {
+			<-precreated
 			log.Error("[failed] converging", "step", ServerService, "err", err)
 			return err
 		}
-		if err := e.waitServer(ctx, d); err != nil {
-			log.Error("[failed] converging", "step", "server /ping", "err", err)
-			return err
-		}
 	}
-	if err := parallel(rest, func(a Action) error { return e.applyService(ctx, d, netID, a) }); err != nil {
+	if err := <-precreated; err != nil {
+		log.Error("[failed] converging", "step", "create", "err", err)
+		return err
+	}
+	if err := parallel(rest, func(a Action) error {
+		if a.Kind == ActCreate {
+			e.log().Info("[started] start", "project", d.Project.Name, "service", a.Service, "container", a.Container)
+			return e.start(ctx, a.Container, created[a.Service])
+		}
+		return e.applyService(ctx, d, netID, a)
+	}); err != nil {
 		log.Error("[failed] converging", "err", err)
 		return err
 	}
@@ -188,15 +224,21 @@ func isRemovalInProgress(err error) bool { return cerrdefs.IsConflict(err) }
 // concurrent run's identical container is adopted; anything else (a
 // leftover) is removed and the create retried once.
 func (e *Engine) createStart(ctx context.Context, d Desired, netID string, svc types.ServiceConfig, a Action) error {
+	id, err := e.createOnly(ctx, d, netID, svc, a)
+	if err != nil {
+		return err
+	}
+	return e.start(ctx, a.Container, id)
+}
+
+// createOnly creates the container (resolving a name conflict) without starting it.
+func (e *Engine) createOnly(ctx context.Context, d Desired, netID string, svc types.ServiceConfig, a Action) (string, error) {
 	s := buildSpec(d, netID, svc, a.Hash)
 	id, err := e.create(ctx, a.Container, s)
 	if cerrdefs.IsConflict(err) {
 		id, err = e.resolveConflict(ctx, a, s)
 	}
-	if err != nil {
-		return err
-	}
-	return e.start(ctx, a.Container, id)
+	return id, err
 }
 
 func (e *Engine) create(ctx context.Context, name string, s spec) (string, error) {
