@@ -21,7 +21,7 @@ const (
 	// stableFor is how long a container without a readiness endpoint must
 	// run, unrestarted, to count as up: long enough to catch an immediate
 	// crash, short enough not to slow a boot.
-	stableFor = 500 * time.Millisecond
+	stableFor = 250 * time.Millisecond
 	// pollEvery paces readiness polls.
 	pollEvery = 100 * time.Millisecond
 	// logLines is how much of a failing container's log an error carries.
