@@ -117,6 +117,27 @@ func (a *Agent) step(ctx context.Context, name string, fn func(context.Context) 
 	return nil
 }
 
+// localLayers reads the layers that need no AWS: the config file (and
+// whether it exists) and the flags.
+func (a *Agent) localLayers() (file config.Layer, present bool, flags config.Layer, err error) {
+	path := a.o.ConfigFile
+	if path == "" {
+		path = config.DefaultFile
+	}
+	file, present, err = config.LoadFile(path)
+	if err != nil {
+		return file, present, flags, &ConfigError{err}
+	}
+	flags = config.Layer{Source: config.SourceFlag, Origin: "flag --set", Values: map[string]string{}}
+	for k, v := range a.o.Set {
+		flags.Values[k] = v
+	}
+	if a.o.Provider != "" {
+		flags.Values["provider"] = a.o.Provider
+	}
+	return file, present, flags, nil
+}
+
 // Resolved is the configuration with what the layers were.
 type Resolved struct {
 	Config config.Config
@@ -128,20 +149,9 @@ type Resolved struct {
 func (a *Agent) Resolve(ctx context.Context) (Resolved, error) {
 	var r Resolved
 	err := a.step(ctx, "resolve configuration", func(ctx context.Context) error {
-		path := a.o.ConfigFile
-		if path == "" {
-			path = config.DefaultFile
-		}
-		file, present, err := config.LoadFile(path)
+		file, present, flags, err := a.localLayers()
 		if err != nil {
-			return &ConfigError{err}
-		}
-		flags := config.Layer{Source: config.SourceFlag, Origin: "flag --set", Values: map[string]string{}}
-		for k, v := range a.o.Set {
-			flags.Values[k] = v
-		}
-		if a.o.Provider != "" {
-			flags.Values["provider"] = a.o.Provider
+			return err
 		}
 		// The provider decides whether IMDS is read at all, so it comes
 		// from the layers that need no AWS: flags, then the file.

@@ -53,17 +53,18 @@ func (a *Agent) Lock(ctx context.Context) (*dirlock.Lock, error) {
 // untouched.
 func (a *Agent) Up(ctx context.Context) (UpResult, error) {
 	var res UpResult
-	lock, err := a.Lock(ctx)
-	if err != nil {
-		return res, err
-	}
-	defer lock.Release()
-
+	// Rendering only reads (tags, secrets), so it may run before the lock;
+	// an instance with nothing to configure then never creates --dir.
 	r, err := a.Render(ctx)
 	if err != nil {
 		return res, err
 	}
 	res.Config = r.Config
+	lock, err := a.Lock(ctx)
+	if err != nil {
+		return res, err
+	}
+	defer lock.Release()
 	if res.Files, err = a.Write(ctx, r); err != nil {
 		return res, err
 	}

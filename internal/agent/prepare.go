@@ -42,20 +42,9 @@ func (a *Agent) PrepareImage(ctx context.Context) ([]string, error) {
 	var images []string
 	var cfg config.Config
 	err := a.step(ctx, "resolve configuration", func(ctx context.Context) error {
-		path := a.o.ConfigFile
-		if path == "" {
-			path = config.DefaultFile
-		}
-		file, _, err := config.LoadFile(path)
+		file, _, flags, err := a.localLayers()
 		if err != nil {
-			return &ConfigError{err}
-		}
-		flags := config.Layer{Source: config.SourceFlag, Origin: "flag --set", Values: map[string]string{}}
-		for k, v := range a.o.Set {
-			flags.Values[k] = v
-		}
-		if a.o.Provider != "" {
-			flags.Values["provider"] = a.o.Provider
+			return err
 		}
 		cfg, err = config.Resolve(config.Defaults(), bakeLayer(file, flags), file, flags)
 		if err != nil {

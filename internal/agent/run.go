@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"strings"
 	"sync"
@@ -17,7 +18,7 @@ import (
 // Notifier is the part of systemd's notify protocol `run` uses; a no-op off systemd.
 type Notifier interface {
 	Status(format string, args ...any)
-	Ready()
+	Ready(status string)
 	Stopping()
 	ExtendTimeout(d time.Duration)
 	StartWatchdog(ctx context.Context)
@@ -70,8 +71,7 @@ func (a *Agent) Run(ctx context.Context, n Notifier) error {
 	res, err := a.converge(ctx, n, stopping)
 	if errors.Is(err, ErrNotConfigured) {
 		a.log.Info("not configured: exiting cleanly", "step", "boot")
-		n.Ready()
-		n.Status("not configured: no redash: tags and no config file settings")
+		n.Ready("not configured: no redash: tags and no config file settings; nothing to do")
 		return err
 	}
 	if ctx.Err() != nil {
@@ -87,8 +87,7 @@ func (a *Agent) Run(ctx context.Context, n Notifier) error {
 		return err
 	}
 	a.log.Info("boot finished", append([]any{"step", "boot", "took", time.Since(boot).Round(time.Millisecond)}, a.timingAttrs()...)...)
-	n.Ready()
-	n.Status("ready: Redash %s converged (%d changes); next refresh in about %s", res.Config.Version, res.Plan.Mutations(), res.Config.Refresh)
+	n.Ready(fmt.Sprintf("ready: Redash %s converged (%d changes); next refresh in about %s", res.Config.Version, res.Plan.Mutations(), res.Config.Refresh))
 
 	refresh := res.Config.Refresh
 	project := res.Config.Project

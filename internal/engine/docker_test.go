@@ -5,7 +5,6 @@ package engine
 // name and loopback ports and removes its containers and network at the end.
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -47,22 +46,7 @@ func buildImages(t testing.TB) {
 }
 
 // syncBuffer collects log output from parallel goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuffer = testenv.SyncBuffer
 
 // stack is one test's project with its engine and what it logged.
 type stack struct {

@@ -5,7 +5,6 @@ package imds
 // expiring token, an endpoint that never answers).
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -20,6 +19,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/redash-agent/redash-agent/internal/testenv"
 )
 
 // fakeIMDS is an IMDSv2 server whose faults the test sets up front.
@@ -143,22 +144,7 @@ func (f *fakeIMDS) log() []string {
 }
 
 // syncBuffer collects log output written from parallel requests.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuffer = testenv.SyncBuffer
 
 func newTestClient(endpoint string, deadline time.Duration, logs *syncBuffer) *Client {
 	return New(Options{

@@ -76,10 +76,11 @@ func (n *Notifier) Status(format string, args ...any) {
 	n.send(statusLine(fmt.Sprintf(format, args...)))
 }
 
-// Ready tells systemd that Redash is converged and healthy (READY=1), which
+// Ready tells systemd the start is complete (READY=1), with the status that
+// says why: Redash converged and healthy, or nothing to configure here. It
 // releases units ordered After=redash-agent.service and ends the start timeout.
-func (n *Notifier) Ready() {
-	n.send(daemon.SdNotifyReady + "\n" + statusLine("ready: Redash is converged; watching for drift and secret rotation"))
+func (n *Notifier) Ready(status string) {
+	n.send(daemon.SdNotifyReady + "\n" + statusLine(status))
 }
 
 // Stopping tells systemd the agent is shutting down (STOPPING=1). Stopping the

@@ -58,7 +58,7 @@ func TestNotifications(t *testing.T) {
 	}{
 		{"status", func(n *Notifier) { n.Status("fetching %d secrets", 4) }, "STATUS=fetching 4 secrets"},
 		{"status newline cannot inject a field", func(n *Notifier) { n.Status("a\nREADY=1") }, "STATUS=a READY=1"},
-		{"ready", (*Notifier).Ready, "READY=1\nSTATUS=ready: Redash is converged; watching for drift and secret rotation"},
+		{"ready", func(n *Notifier) { n.Ready("ready: Redash is converged") }, "READY=1\nSTATUS=ready: Redash is converged"},
 		{"stopping", (*Notifier).Stopping, "STOPPING=1\nSTATUS=stopping the agent; Redash containers keep running"},
 		{"extend timeout", func(n *Notifier) { n.ExtendTimeout(90 * time.Second) }, "EXTEND_TIMEOUT_USEC=90000000"},
 	}
@@ -145,7 +145,7 @@ func TestOffSystemdEveryCallIsANoOp(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	n.Status("x")
-	n.Ready()
+	n.Ready("ready: Redash is converged; watching for drift and secret rotation")
 	n.Stopping()
 	n.ExtendTimeout(time.Minute)
 	n.StartWatchdog(ctx)
@@ -159,7 +159,7 @@ func TestSocketGoneIsLoggedNotFatal(t *testing.T) {
 	var logs bytes.Buffer
 	n := New(slog.New(slog.NewTextHandler(&logs, nil)))
 	n.Status("secret-free status")
-	n.Ready()
+	n.Ready("ready: Redash is converged; watching for drift and secret rotation")
 	out := logs.String()
 	if strings.Count(out, "level=WARN") != 1 {
 		t.Errorf("want exactly one warning for repeated send failures, got:\n%s", out)
