@@ -140,7 +140,7 @@ func (s *stack) mutatingEvents(t *testing.T, fn func()) []string {
 	fn()
 	time.Sleep(300 * time.Millisecond) // let the daemon flush the events
 	msgs, errs := s.docker.Events(ctx, events.ListOptions{
-		Since: fmt.Sprintf("%d.%09d", since.Unix(), since.Nanosecond()), // sub-second: the previous up may end in the same second Until: fmt.Sprint(time.Now().Unix() + 1),
+		Since:   fmt.Sprintf("%d.%09d", since.Unix(), since.Nanosecond()), // sub-second: the previous up may end in the same second Until: fmt.Sprint(time.Now().Unix() + 1),
 		Filters: filters.NewArgs(filters.Arg("label", "com.docker.compose.project="+s.project)),
 	})
 	var got []string
