@@ -134,13 +134,18 @@ func (s *stack) serverEnv(t *testing.T) map[string]string {
 // mutatingEvents counts container/network changes of the project during fn.
 func (s *stack) mutatingEvents(t *testing.T, fn func()) []string {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	since := time.Now()
 	fn()
-	time.Sleep(300 * time.Millisecond) // let the daemon flush the events
+	time.Sleep(300 * time.Millisecond) // let the daemon record the last events
+	until := time.Now()
+	// The daemon should close the stream at Until; the timeout makes sure a
+	// daemon that does not cannot hang the test.
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
 	msgs, errs := s.docker.Events(ctx, events.ListOptions{
-		Since:   fmt.Sprintf("%d.%09d", since.Unix(), since.Nanosecond()), // sub-second: the previous up may end in the same second Until: fmt.Sprint(time.Now().Unix() + 1),
+		// Sub-second: the previous up may have ended in the same second.
+		Since:   fmt.Sprintf("%d.%09d", since.Unix(), since.Nanosecond()),
+		Until:   fmt.Sprintf("%d.%09d", until.Unix(), until.Nanosecond()),
 		Filters: filters.NewArgs(filters.Arg("label", "com.docker.compose.project="+s.project)),
 	})
 	var got []string
@@ -155,7 +160,7 @@ func (s *stack) mutatingEvents(t *testing.T, fn func()) []string {
 				got = append(got, string(m.Type)+" "+string(m.Action)+" "+m.Actor.Attributes["name"])
 			}
 		case err := <-errs:
-			if err != nil && err != io.EOF {
+			if err != nil && err != io.EOF && ctx.Err() == nil {
 				t.Fatalf("events: %v", err)
 			}
 			return got
