@@ -94,6 +94,20 @@ func (e *Engine) apply(ctx context.Context, d Desired, p Plan) error {
 			fresh = append(fresh, a)
 		}
 	}
+	// A new server is created alone first: the creates below would slow
+	// the one container everything else waits for.
+	serverID := ""
+	if server != nil && server.Kind == ActCreate {
+		svc := d.Project.Services[server.Service]
+		svc.Name = server.Service
+		e.log().Info("[started] create", "project", d.Project.Name, "service", server.Service, "container", server.Container, "image", server.Image, "hash", shortHash(server.Hash))
+		id, err := e.createOnly(ctx, d, netID, svc, *server)
+		if err != nil {
+			log.Error("[failed] converging", "step", ServerService, "err", err)
+			return err
+		}
+		serverID = id
+	}
 	var createdMu sync.Mutex
 	created := map[string]string{} // service -> container ID
 	precreated := make(chan error, 1)
@@ -109,7 +123,12 @@ func (e *Engine) apply(ctx context.Context, d Desired, p Plan) error {
 		})
 	}()
 	if server != nil {
-		err := e.applyService(ctx, d, netID, *server)
+		var err error
+		if serverID != "" {
+			err = e.start(ctx, server.Container, serverID)
+		} else {
+			err = e.applyService(ctx, d, netID, *server)
+		}
 		if err == nil {
 			err = e.waitServer(ctx, d)
 		}
