@@ -198,6 +198,14 @@ func TestUpEndToEnd(t *testing.T) {
 
 	// 3. Rotate a secret: the Redash services are recreated, nginx is not.
 	s.moto.Put(t, "Redash/CookieSecret", "rotated-cookie-secret-value")
+	// render --plan says so first, and changes nothing.
+	var planOut string
+	if evs := s.mutatingEvents(t, func() { planOut, _, _ = s.run("render", "--plan") }); len(evs) != 0 {
+		t.Errorf("render --plan changed containers: %v", evs)
+	}
+	if !strings.Contains(planOut, "# plan: 5 change(s)") || !strings.Contains(planOut, "recreate server") || strings.Contains(planOut, "recreate nginx") {
+		t.Errorf("render --plan after a secret rotation:\n%s", planOut)
+	}
 	s.up(t)
 	after := s.containers(t)
 	for svc, id := range ids {
@@ -413,4 +421,61 @@ func TestDoctorAndPrepareImage(t *testing.T) {
 		t.Errorf("doctor --offline after prepare-image: exit %d\n%s", code, stdout)
 	}
 	assertNoSecrets(t, s.outputs.Bytes(), "the binary's output")
+}
+
+// TestFiveInstancesMigrateOnce simulates an Auto Scaling Group launching five
+// instances against one empty database: five `redash-agent migrate`
+// processes at once, each with its own --dir and state. create_db must run
+// exactly once, and every instance must see the schema current.
+func TestFiveInstancesMigrateOnce(t *testing.T) {
+	s := newStack(t)
+	const n = 5
+	var wg sync.WaitGroup
+	outs := make([]string, n)
+	codes := make([]int, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			root := filepath.Join(filepath.Dir(s.dir), fmt.Sprintf("instance-%d", i))
+			cmd := exec.Command(agentBinary(t), "--dir", filepath.Join(root, "redash"), "--state-dir", filepath.Join(root, "state"), "--config", s.config, "migrate")
+			cmd.Env = cleanEnv("AWS_EC2_METADATA_SERVICE_ENDPOINT="+s.imds, "AWS_ENDPOINT_URL_SECRETS_MANAGER="+s.moto.Endpoint)
+			out, err := cmd.CombinedOutput()
+			outs[i] = string(out)
+			if ee, ok := err.(*exec.ExitError); ok {
+				codes[i] = ee.ExitCode()
+			} else if err != nil {
+				codes[i] = -1
+			}
+		}()
+	}
+	wg.Wait()
+	ran := 0
+	for i := range n {
+		if codes[i] != 0 || !strings.Contains(outs[i], "-> current") {
+			t.Errorf("instance %d: exit %d\n%s", i, codes[i], outs[i])
+		}
+		if strings.Contains(outs[i], "ran create_db") {
+			ran++
+		}
+	}
+	if ran != 1 {
+		t.Errorf("%d instances say they ran create_db, want exactly 1", ran)
+	}
+	pg := testenv.Postgres(t)
+	conn, err := pg.Connect(context.Background(), s.pgDB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	var creates int
+	if err := conn.QueryRow(context.Background(), `SELECT count(*) FROM fakeredash.fakeredash_runs WHERE cmd LIKE 'create_db%'`).Scan(&creates); err != nil {
+		t.Fatal(err)
+	}
+	if creates != 1 {
+		t.Errorf("create_db ran %d times in the database, want exactly 1", creates)
+	}
+	if ids := s.containers(t); len(ids) != 0 {
+		t.Errorf("migrate left containers behind: %v", ids)
+	}
 }
