@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -38,8 +39,14 @@ type stack struct {
 	pgDB       string
 }
 
-func redashImage(t *testing.T, tag, head string) string {
-	testenv.BuildFakeImage(t, testenv.FakeImage{Tag: tag, Env: map[string]string{"FAKEREDASH_HEAD": head}})
+// redashImage builds a fake Redash image whose schema head is head; extra
+// env (e.g. FAKEREDASH_UPGRADE_SLEEP) is baked in as well.
+func redashImage(t *testing.T, tag, head string, extra ...string) string {
+	env := map[string]string{"FAKEREDASH_HEAD": head}
+	for i := 0; i+1 < len(extra); i += 2 {
+		env[extra[i]] = extra[i+1]
+	}
+	testenv.BuildFakeImage(t, testenv.FakeImage{Tag: tag, Env: env})
 	return tag
 }
 
@@ -218,14 +225,20 @@ func TestUpEndToEnd(t *testing.T) {
 		t.Errorf("server has the old cookie secret after rotation")
 	}
 
-	// 4. A new version: every Redash service moves, after the upgrade.
-	redashImage(t, "redash-agent-test/redash:v2", "rev2")
+	// 4. A new version: every Redash service moves, and only after the
+	// upgrade finished (it takes 2 s in this image).
+	redashImage(t, "redash-agent-test/redash:v2", "rev2", "FAKEREDASH_UPGRADE_SLEEP", "2")
 	s.writeConfig("redash-agent-test/redash:v2", fmt.Sprintf("db-endpoint: %s\ndb-name: %s\n", pgEndpoint(t), s.pgDB))
 	s.up(t)
 	list, _ := s.docker.ContainerList(context.Background(), container.ListOptions{Filters: filters.NewArgs(filters.Arg("label", "com.docker.compose.project="+s.project))})
+	upgradeStarted := s.upgradeStart(t)
 	for _, c := range list {
 		if c.Labels["com.docker.compose.service"] != "nginx" && c.Image != "redash-agent-test/redash:v2" {
 			t.Errorf("%v still runs %s", c.Names, c.Image)
+		}
+		if created := time.Unix(c.Created, 0); c.Image == "redash-agent-test/redash:v2" && created.Before(upgradeStarted.Add(time.Second)) {
+			// Created has second resolution: allow one second of rounding.
+			t.Errorf("%v (new version) was created at %s, before the 2 s upgrade that started at %s finished", c.Names, created, upgradeStarted)
 		}
 	}
 	stdout, _, _ := s.run("status")
@@ -236,7 +249,24 @@ func TestUpEndToEnd(t *testing.T) {
 		t.Errorf("config --db does not show the database state:\n%s", stdout)
 	}
 
-	// 5. docker-compose 1.29 sees the same stack.
+	// 5. A failing migration: up fails with the migration's log lines and
+	// the old stack keeps serving, untouched.
+	before := s.containers(t)
+	redashImage(t, "redash-agent-test/redash:v3-broken", "rev3", "FAKEREDASH_FAIL_UPGRADE", "1")
+	s.writeConfig("redash-agent-test/redash:v3-broken", fmt.Sprintf("db-endpoint: %s\ndb-name: %s\n", pgEndpoint(t), s.pgDB))
+	_, stderr, code := s.run("up")
+	if code != exitFailure || !strings.Contains(stderr, "DuplicateColumn") {
+		t.Errorf("up with a failing migration: exit %d, want %d with the migration's log lines:\n%s", code, exitFailure, stderr)
+	}
+	if after := s.containers(t); !maps.Equal(after, before) {
+		t.Errorf("a failed migration touched the containers: before %v, after %v", before, after)
+	}
+	if resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/ping", s.serverPort)); err != nil || resp.StatusCode != 200 {
+		t.Errorf("the old server stopped answering after a failed migration: %v", err)
+	}
+	s.writeConfig("redash-agent-test/redash:v2", fmt.Sprintf("db-endpoint: %s\ndb-name: %s\n", pgEndpoint(t), s.pgDB))
+
+	// 6. docker-compose 1.29 sees the same stack.
 	dc := testenv.RequireTool(t, "docker-compose", "apt-get install docker-compose")
 	psOut, err := exec.Command(dc, "-p", s.project, "-f", filepath.Join(s.dir, "docker-compose.yml"), "ps").CombinedOutput()
 	if err != nil {
@@ -248,7 +278,7 @@ func TestUpEndToEnd(t *testing.T) {
 		}
 	}
 
-	// 6. A smaller layout: role web drops the scheduler and workers.
+	// 7. A smaller layout: role web drops the scheduler and workers.
 	s.up(t, "--set", "role=web")
 	left := s.containers(t)
 	if len(left) != 2 || left["server"] == "" || left["nginx"] == "" {
@@ -257,6 +287,22 @@ func TestUpEndToEnd(t *testing.T) {
 
 	assertNoSecrets(t, s.outputs.Bytes(), "the binary's output")
 	assertNoLabelsHoldSecrets(t, s)
+}
+
+// upgradeStart is when the fake image's `manage db upgrade` began, as the
+// fake recorded it in the database.
+func (s *stack) upgradeStart(t *testing.T) time.Time {
+	t.Helper()
+	conn, err := testenv.Postgres(t).Connect(context.Background(), s.pgDB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	var at time.Time
+	if err := conn.QueryRow(context.Background(), `SELECT max(at) FROM fakeredash.fakeredash_runs WHERE cmd LIKE '%upgrade%'`).Scan(&at); err != nil {
+		t.Fatalf("no upgrade recorded: %v", err)
+	}
+	return at
 }
 
 func pgEndpoint(t *testing.T) string {
