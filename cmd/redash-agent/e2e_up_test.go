@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -524,4 +525,46 @@ func TestFiveInstancesMigrateOnce(t *testing.T) {
 	if ids := s.containers(t); len(ids) != 0 {
 		t.Errorf("migrate left containers behind: %v", ids)
 	}
+}
+
+// TestKillDuringUpConverges kills the agent with SIGKILL at random points of
+// an `up` that has work to do (a rotated secret recreates five services),
+// and checks after every kill that the next `up` converges: exactly one
+// container per service, under its final name, with the current secret, and
+// no temp or half-created containers. At least 50 kills, bounded in time.
+func TestKillDuringUpConverges(t *testing.T) {
+	s := newStack(t)
+	s.up(t)
+	const kills = 50
+	deadline := time.Now().Add(6 * time.Minute)
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
+	done := 0
+	for i := 0; i < kills && time.Now().Before(deadline); i++ {
+		secret := fmt.Sprintf("cookie-rotation-%d-of-%d", i, kills)
+		s.moto.Put(t, "Redash/CookieSecret", secret)
+
+		cmd := exec.Command(agentBinary(t), "--dir", s.dir, "--state-dir", s.stateDir(), "--config", s.config, "up")
+		cmd.Env = cleanEnv("AWS_EC2_METADATA_SERVICE_ENDPOINT="+s.imds, "AWS_ENDPOINT_URL_SECRETS_MANAGER="+s.moto.Endpoint)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		// Up to 2.5 s covers render, write, migrate check and the
+		// recreate of every service on this machine.
+		time.Sleep(time.Duration(rng.Int64N(int64(2500 * time.Millisecond))))
+		cmd.Process.Kill()
+		cmd.Wait()
+		done++
+
+		s.up(t) // must converge whatever state the kill left
+		if got := s.serverEnv(t)["REDASH_COOKIE_SECRET"]; got != secret {
+			t.Fatalf("kill %d: after a full up the server has an old cookie secret", i)
+		}
+		if ids := s.containers(t); len(ids) != 6 { // also fails on duplicates and stray names
+			t.Fatalf("kill %d: containers after a full up: %v", i, ids)
+		}
+	}
+	if done < kills {
+		t.Errorf("only %d kills within the time bound, want %d", done, kills)
+	}
+	t.Logf("%d kills, each followed by a converging up", done)
 }
