@@ -485,7 +485,10 @@ func TestFiveInstancesMigrateOnce(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			root := filepath.Join(filepath.Dir(s.dir), fmt.Sprintf("instance-%d", i))
-			cmd := exec.Command(agentBinary(t), "--dir", filepath.Join(root, "redash"), "--state-dir", filepath.Join(root, "state"), "--config", s.config, "migrate")
+			// Each instance has its own Docker on EC2; on this one shared
+			// engine, its own project (and so network) stands in for that.
+			cmd := exec.Command(agentBinary(t), "--dir", filepath.Join(root, "redash"), "--state-dir", filepath.Join(root, "state"), "--config", s.config,
+				"--set", fmt.Sprintf("project=%s-i%d", s.project, i), "migrate")
 			cmd.Env = cleanEnv("AWS_EC2_METADATA_SERVICE_ENDPOINT="+s.imds, "AWS_ENDPOINT_URL_SECRETS_MANAGER="+s.moto.Endpoint)
 			out, err := cmd.CombinedOutput()
 			outs[i] = string(out)
@@ -522,8 +525,16 @@ func TestFiveInstancesMigrateOnce(t *testing.T) {
 	if creates != 1 {
 		t.Errorf("create_db ran %d times in the database, want exactly 1", creates)
 	}
-	if ids := s.containers(t); len(ids) != 0 {
-		t.Errorf("migrate left containers behind: %v", ids)
+	for i := range n {
+		project := fmt.Sprintf("%s-i%d", s.project, i)
+		list, _ := s.docker.ContainerList(context.Background(), container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", "com.docker.compose.project="+project))})
+		if len(list) != 0 {
+			t.Errorf("instance %d: migrate left %d containers behind", i, len(list))
+		}
+		nets, _ := s.docker.NetworkList(context.Background(), network.ListOptions{Filters: filters.NewArgs(filters.Arg("name", project+"_default"))})
+		for _, nw := range nets {
+			s.docker.NetworkRemove(context.Background(), nw.ID)
+		}
 	}
 }
 
