@@ -248,20 +248,7 @@ func TestRenderFailuresKeepOldFiles(t *testing.T) {
 	}
 	oldEnv := mustRead(t, filepath.Join(f.dir, "env"))
 
-	// IMDS answering the token but 404 on tags/instance: tags are not enabled.
-	noTags := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch {
-		case r.Method == http.MethodPut && r.URL.Path == "/latest/api/token":
-			w.Write([]byte("token"))
-		case r.URL.Path == "/latest/meta-data/instance-id":
-			w.Write([]byte("i-0123456789abcdef0"))
-		case r.URL.Path == "/latest/meta-data/placement/region":
-			w.Write([]byte("us-east-1"))
-		default:
-			http.NotFound(w, r)
-		}
-	}))
-	defer noTags.Close()
+	noTags := tagsDisabledIMDS(t)
 
 	// A port where nothing listens: IMDS never answers.
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -280,7 +267,7 @@ func TestRenderFailuresKeepOldFiles(t *testing.T) {
 		want     []string
 	}{
 		{
-			name: "tags not enabled", imds: noTags.URL, args: []string{"--imds-deadline", "2s"},
+			name: "tags not enabled", imds: noTags, args: []string{"--imds-deadline", "2s"},
 			wantCode: exitConfigErr, want: []string{"InstanceMetadataTags", "enabled"},
 		},
 		{
@@ -333,6 +320,45 @@ func TestRenderFailuresKeepOldFiles(t *testing.T) {
 		})
 	}
 	assertNoSecrets(t, f.outputs.Bytes(), "the binary's output")
+}
+
+// tagsDisabledIMDS answers the token, instance id and region, and 404 on
+// everything else: an instance whose metadata tags are not enabled.
+func tagsDisabledIMDS(t *testing.T) string {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.Method == http.MethodPut && r.URL.Path == "/latest/api/token":
+			w.Write([]byte("token"))
+		case r.URL.Path == "/latest/meta-data/instance-id":
+			w.Write([]byte("i-0123456789abcdef0"))
+		case r.URL.Path == "/latest/meta-data/placement/region":
+			w.Write([]byte("us-east-1"))
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+// TestUnconfiguredWithoutTagsExitsQuickly: no config file settings and
+// metadata tags disabled (an Image Builder instance) is "not configured",
+// after a short grace, not a 2-minute wait and a failed unit.
+func TestUnconfiguredWithoutTagsExitsQuickly(t *testing.T) {
+	f := newFixture(t, map[string]string{"Name": "imagebuilder-test"})
+	os.Remove(f.config)
+	f.imds = tagsDisabledIMDS(t)
+	start := time.Now()
+	_, stderr, code := f.run("render") // --imds-deadline stays at its 2m default
+	if code != 0 || !strings.Contains(stderr, "no redash: tags") || !strings.Contains(stderr, "InstanceMetadataTags") {
+		t.Errorf("code %d, stderr %s", code, stderr)
+	}
+	if took := time.Since(start); took > 40*time.Second {
+		t.Errorf("took %v; an unconfigured instance must not wait the whole IMDS deadline", took)
+	}
+	if _, err := os.Stat(f.dir); err == nil {
+		t.Error("an unconfigured instance got files written")
+	}
 }
 
 func TestNoRedashTagsExitsCleanly(t *testing.T) {

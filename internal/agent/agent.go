@@ -99,6 +99,12 @@ func IsConfigError(err error) bool {
 // exits cleanly instead of blocking a boot it was not meant to configure.
 var ErrNotConfigured = errors.New("this instance has no redash: tags and no settings in the config file: nothing to do (tag the instance, e.g. redash:version, to configure Redash)")
 
+// unconfiguredTagsGrace is how long a 404 on the tag listing is retried when
+// the tags are the only possible configuration. Tags given at launch are in
+// IMDS as soon as IMDS answers, so a longer wait only delays a boot that has
+// nothing to do.
+const unconfiguredTagsGrace = 15 * time.Second
+
 // step runs one pipeline step with [started]/[finished]/[failed] journal lines.
 func (a *Agent) step(ctx context.Context, name string, fn func(context.Context) error) error {
 	if a.o.Status != nil {
@@ -165,16 +171,28 @@ func (a *Agent) Resolve(ctx context.Context) (Resolved, error) {
 
 		layers := []config.Layer{config.Defaults(), file}
 		imdsRegion := ""
+		// With no config file settings and no flags, the tags are all there
+		// is: an instance without them (an Image Builder build or test
+		// instance) must not hold its boot for the whole IMDS deadline.
+		nothingLocal := (!present || len(file.Values) == 0) && len(a.o.Set) == 0
 		if provider == config.ProviderAWS {
-			inst, err := imds.New(imds.Options{Deadline: a.o.IMDSDeadline, Logger: a.log}).Instance(ctx)
+			opts := imds.Options{Deadline: a.o.IMDSDeadline, Logger: a.log}
+			if nothingLocal {
+				opts.TagsDeadline = unconfiguredTagsGrace
+			}
+			inst, err := imds.New(opts).Instance(ctx)
 			if err != nil {
 				if errors.Is(err, imds.ErrTagsNotEnabled) {
+					if nothingLocal {
+						return fmt.Errorf("%w; instance metadata tags are not visible either: if this instance should run Redash, "+
+							"enable InstanceMetadataTags in its launch template's MetadataOptions", ErrNotConfigured)
+					}
 					return &ConfigError{fmt.Errorf("reading instance tags from IMDS: %w", err)}
 				}
 				return fmt.Errorf("reading instance tags from IMDS: %w", err)
 			}
 			r.Tags = inst.Tags
-			if !config.HasRedashTags(inst.Tags) && (!present || len(file.Values) == 0) && len(a.o.Set) == 0 {
+			if !config.HasRedashTags(inst.Tags) && nothingLocal {
 				return ErrNotConfigured
 			}
 			layers = append(layers, config.FromTags(inst.Tags))

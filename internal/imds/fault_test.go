@@ -399,3 +399,22 @@ func TestInstanceUsesEndpointEnvironment(t *testing.T) {
 		t.Errorf("requests = %q, want clean paths without a double slash", got)
 	}
 }
+
+// TestTagsDeadlineEndsA404Early: with TagsDeadline the tag listing's 404 is
+// given up on after that long, however long the overall deadline is, and
+// still reported as ErrTagsNotEnabled.
+func TestTagsDeadlineEndsA404Early(t *testing.T) {
+	f := &fakeIMDS{listing404s: -1}
+	srv := f.start(t)
+	start := time.Now()
+	_, err := New(Options{Endpoint: srv.URL, Deadline: time.Minute, TagsDeadline: 500 * time.Millisecond}).Instance(context.Background())
+	if !errors.Is(err, ErrTagsNotEnabled) {
+		t.Fatalf("err = %v, want ErrTagsNotEnabled", err)
+	}
+	if took := time.Since(start); took > 3*time.Second {
+		t.Errorf("took %v with a 500ms tags deadline and a 1m deadline", took)
+	}
+	if f.listed < 2 {
+		t.Errorf("tag listing requested %d times, want retries within the tags deadline", f.listed)
+	}
+}

@@ -68,10 +68,14 @@ var ErrTagsNotEnabled = errors.New("instance metadata tags are not enabled")
 
 // Options configures a Client. The zero value is ready for an EC2 instance.
 type Options struct {
-	Endpoint   string        // "" = AWS_EC2_METADATA_SERVICE_ENDPOINT or http://169.254.169.254
-	Deadline   time.Duration // total time to keep retrying; 0 = 2 minutes
-	HTTPClient *http.Client  // nil = a client that never uses a proxy
-	Logger     *slog.Logger  // each retry attempt is logged (attempt number, path, cause, next delay); nil = discard
+	Endpoint string        // "" = AWS_EC2_METADATA_SERVICE_ENDPOINT or http://169.254.169.254
+	Deadline time.Duration // total time to keep retrying; 0 = 2 minutes
+	// TagsDeadline, when shorter than Deadline, bounds how long a 404 on the
+	// tag listing is retried once IMDS itself has answered. A host that has
+	// nothing else to go by uses it to tell "not configured" quickly.
+	TagsDeadline time.Duration
+	HTTPClient   *http.Client // nil = a client that never uses a proxy
+	Logger       *slog.Logger // each retry attempt is logged (attempt number, path, cause, next delay); nil = discard
 }
 
 // Instance is what the agent needs to know about the machine it runs on.
@@ -85,6 +89,7 @@ type Instance struct {
 type Client struct {
 	endpoint string
 	deadline time.Duration
+	tagsDL   time.Duration // 0: the tag listing gets the whole deadline
 	hc       *http.Client
 	log      *slog.Logger
 	jitter   func() float64 // in [0,1); replaced by tests that need determinism
@@ -95,6 +100,7 @@ func New(o Options) *Client {
 	c := &Client{
 		endpoint: strings.TrimRight(ResolveEndpoint(o.Endpoint), "/"),
 		deadline: o.Deadline,
+		tagsDL:   o.TagsDeadline,
 		hc:       o.HTTPClient,
 		log:      o.Logger,
 		jitter:   rand.Float64,
@@ -152,7 +158,13 @@ func (c *Client) Instance(ctx context.Context) (Instance, error) {
 	}
 	region = strings.TrimSpace(region)
 
-	listing, err := r.get(ctx, kindTags, "meta-data/tags/instance")
+	tagsCtx := ctx
+	if c.tagsDL > 0 {
+		var cancelTags context.CancelFunc
+		tagsCtx, cancelTags = context.WithTimeout(ctx, c.tagsDL)
+		defer cancelTags()
+	}
+	listing, err := r.get(tagsCtx, kindTags, "meta-data/tags/instance")
 	if err != nil {
 		var se *statusError
 		if errors.As(err, &se) && se.status == http.StatusNotFound && parent.Err() == nil {
