@@ -115,6 +115,11 @@ func (a *Agent) step(ctx context.Context, name string, fn func(context.Context) 
 	err := fn(ctx)
 	took := time.Since(start).Round(time.Millisecond)
 	a.timings = append(a.timings, timing{name, took})
+	if errors.Is(err, ErrNotConfigured) {
+		// Not a failure: there is nothing for the agent to do here.
+		a.log.Info("[finished] "+name+": not configured", "step", name, "took", took, "reason", err.Error())
+		return err
+	}
 	if err != nil {
 		a.log.Error("[failed] "+name, "step", name, "took", took, "err", err)
 		return err
