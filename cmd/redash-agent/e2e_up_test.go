@@ -5,6 +5,7 @@ package main
 // built locally FROM scratch (test/fakeredash).
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -287,6 +288,10 @@ func TestUpEndToEnd(t *testing.T) {
 	}
 
 	assertNoSecrets(t, s.outputs.Bytes(), "the binary's output")
+	// The stack's real database password (the seed's was replaced by it).
+	if pw := testenv.Postgres(t).Password; bytes.Contains(s.outputs.Bytes(), []byte(pw)) {
+		t.Error("the binary's output contains the database password")
+	}
 	assertNoLabelsHoldSecrets(t, s)
 }
 
