@@ -239,7 +239,7 @@ func (a *Agent) FetchSecrets(ctx context.Context, cfg config.Config) (map[string
 			if err := os.MkdirAll(a.o.StateDir, 0o700); err != nil {
 				return fmt.Errorf("creating state directory %q: %w", a.o.StateDir, err)
 			}
-			store := &secrets.LocalStore{Path: filepath.Join(a.o.StateDir, "local-secrets.json")}
+			store := &secrets.LocalStore{Path: a.localSecrets()}
 			got, err = store.Fetch(ctx, refs)
 		} else {
 			var f *secrets.Fetcher

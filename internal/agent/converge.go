@@ -15,6 +15,7 @@ import (
 	"github.com/redash-agent/redash-agent/internal/atomicfile"
 	"github.com/redash-agent/redash-agent/internal/compose"
 	"github.com/redash-agent/redash-agent/internal/config"
+	"github.com/redash-agent/redash-agent/internal/desired"
 	"github.com/redash-agent/redash-agent/internal/dirlock"
 	"github.com/redash-agent/redash-agent/internal/engine"
 	"github.com/redash-agent/redash-agent/internal/migrate"
@@ -38,6 +39,17 @@ func (a *Agent) docker() (*client.Client, *engine.Engine, error) {
 		return nil, nil, err
 	}
 	return c, &engine.Engine{Docker: c, Logger: a.log, LockDir: a.o.StateDir, HealthTimeout: a.o.HealthTimeout}, nil
+}
+
+// dockerFor connects to Docker and returns the engine's view of r. The
+// caller closes the client.
+func (a *Agent) dockerFor(r Rendered) (*client.Client, *engine.Engine, engine.Desired, error) {
+	d, err := a.desired(r)
+	if err != nil {
+		return nil, nil, d, err
+	}
+	dc, eng, err := a.docker()
+	return dc, eng, d, err
 }
 
 // Lock takes the lock on --dir so two agents never interleave.
@@ -68,18 +80,12 @@ func (a *Agent) Up(ctx context.Context) (UpResult, error) {
 	if res.Files, err = a.Write(ctx, r); err != nil {
 		return res, err
 	}
-	dc, eng, err := a.docker()
+	dc, eng, d, err := a.dockerFor(r)
 	if err != nil {
 		return res, err
 	}
 	defer dc.Close()
-	d, err := a.desired(r)
-	if err != nil {
-		return res, err
-	}
-	if err := a.step(ctx, "ensure images", func(ctx context.Context) error {
-		return eng.EnsureImages(ctx, d)
-	}); err != nil {
+	if err := a.ensureImages(ctx, eng, d); err != nil {
 		return res, err
 	}
 	if res.Migrate, err = a.Migrate(ctx, r, dc); err != nil {
@@ -102,15 +108,11 @@ func (a *Agent) Plan(ctx context.Context) (Rendered, engine.Plan, error) {
 	if err != nil {
 		return r, engine.Plan{}, err
 	}
-	dc, eng, err := a.docker()
+	dc, eng, d, err := a.dockerFor(r)
 	if err != nil {
 		return r, engine.Plan{}, err
 	}
 	defer dc.Close()
-	d, err := a.desired(r)
-	if err != nil {
-		return r, engine.Plan{}, err
-	}
 	var p engine.Plan
 	err = a.step(ctx, "plan", func(ctx context.Context) error {
 		o, err := eng.Observe(ctx, d.Project.Name)
@@ -139,16 +141,15 @@ func (a *Agent) Migrate(ctx context.Context, r Rendered, dc *client.Client) (mig
 		if err != nil {
 			return fmt.Errorf("inspecting image %q before migrating: %w", ref, err)
 		}
-		db := r.State.DB
 		res, err = migrate.Run(ctx, migrate.Options{
-			Target:     migrate.Target{Host: db.Host, Port: db.Port, User: db.User, Password: db.Password, DBName: db.Name},
+			Target:     migrateTarget(r.State.DB),
 			Image:      ref,
 			ImageID:    img.ID,
 			Project:    r.Project.Name,
 			Service:    compose.ServerService,
 			Env:        r.State.Env,
 			Role:       r.Config.Role,
-			HeadsCache: filepath.Join(a.o.StateDir, "heads.json"),
+			HeadsCache: a.headsCache(),
 			Runner:     &migrate.DockerRunner{Docker: dc, Logger: a.log},
 			Logger:     a.log,
 		})
@@ -160,6 +161,22 @@ func (a *Agent) Migrate(ctx context.Context, r Rendered, dc *client.Client) (mig
 	})
 	return res, err
 }
+
+// ensureImages is the pipeline step that makes the images present (pulling
+// only what is missing) before the migration runs one of them.
+func (a *Agent) ensureImages(ctx context.Context, eng *engine.Engine, d engine.Desired) error {
+	return a.step(ctx, "ensure images", func(ctx context.Context) error { return eng.EnsureImages(ctx, d) })
+}
+
+// migrateTarget is the database as the migrate package takes it.
+func migrateTarget(db desired.DB) migrate.Target {
+	return migrate.Target{Host: db.Host, Port: db.Port, User: db.User, Password: db.Password, DBName: db.Name}
+}
+
+// Files in the state directory; none may be baked into an AMI.
+func (a *Agent) headsCache() string   { return filepath.Join(a.o.StateDir, "heads.json") }
+func (a *Agent) hashKeyPath() string  { return filepath.Join(a.o.StateDir, "hash-key") }
+func (a *Agent) localSecrets() string { return filepath.Join(a.o.StateDir, "local-secrets.json") }
 
 // desired is the engine's view of the rendered state.
 func (a *Agent) desired(r Rendered) (engine.Desired, error) {
@@ -173,7 +190,7 @@ func (a *Agent) desired(r Rendered) (engine.Desired, error) {
 // hashKey is the host-local key that secrets enter the config hash under:
 // a label then reveals nothing, not even whether two hosts share a password.
 func (a *Agent) hashKey() ([]byte, error) {
-	path := filepath.Join(a.o.StateDir, "hash-key")
+	path := a.hashKeyPath()
 	key, err := os.ReadFile(path)
 	if err == nil && len(key) >= 32 {
 		return key, nil
@@ -200,16 +217,12 @@ func (a *Agent) MigrateOnly(ctx context.Context) (migrate.Result, error) {
 	if err != nil {
 		return migrate.Result{}, err
 	}
-	dc, eng, err := a.docker()
+	dc, eng, d, err := a.dockerFor(r)
 	if err != nil {
 		return migrate.Result{}, err
 	}
 	defer dc.Close()
-	d, err := a.desired(r)
-	if err != nil {
-		return migrate.Result{}, err
-	}
-	if err := a.step(ctx, "ensure images", func(ctx context.Context) error { return eng.EnsureImages(ctx, d) }); err != nil {
+	if err := a.ensureImages(ctx, eng, d); err != nil {
 		return migrate.Result{}, err
 	}
 	return a.Migrate(ctx, r, dc)
@@ -233,12 +246,8 @@ func (a *Agent) projectName() string {
 	if p := a.o.Set["project"]; p != "" {
 		return p
 	}
-	path := a.o.ConfigFile
-	if path == "" {
-		path = config.DefaultFile
-	}
-	if l, _, err := config.LoadFile(path); err == nil && l.Values["project"] != "" {
-		return l.Values["project"]
+	if file, _, _, err := a.localLayers(); err == nil && file.Values["project"] != "" {
+		return file.Values["project"]
 	}
 	return compose.DefaultProject
 }
@@ -256,15 +265,11 @@ func (a *Agent) Status(ctx context.Context) (StatusReport, error) {
 	if err != nil {
 		return rep, err
 	}
-	dc, eng, err := a.docker()
+	dc, eng, d, err := a.dockerFor(r)
 	if err != nil {
 		return rep, err
 	}
 	defer dc.Close()
-	d, err := a.desired(r)
-	if err != nil {
-		return rep, err
-	}
 	if rep.Services, err = eng.Status(ctx, d); err != nil {
 		return rep, err
 	}
@@ -282,12 +287,11 @@ func (a *Agent) databaseState(ctx context.Context, r Rendered, dc *client.Client
 	if err != nil {
 		return fmt.Sprintf("unknown: image %q is not present", r.Config.Image)
 	}
-	head, ok := migrate.CachedHead(filepath.Join(a.o.StateDir, "heads.json"), img.ID)
+	head, ok := migrate.CachedHead(a.headsCache(), img.ID)
 	if !ok {
 		return "unknown: the image's head revision is not known yet (run `redash-agent migrate`)"
 	}
-	db := r.State.DB
-	st, err := migrate.Inspect(ctx, migrate.Target{Host: db.Host, Port: db.Port, User: db.User, Password: db.Password, DBName: db.Name}, head)
+	st, err := migrate.Inspect(ctx, migrateTarget(r.State.DB), head)
 	if err != nil {
 		return "unknown: " + err.Error()
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/docker/docker/client"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/redash-agent/redash-agent/internal/dirlock"
 	"github.com/redash-agent/redash-agent/internal/doctor"
 	"github.com/redash-agent/redash-agent/internal/engine"
 	"github.com/redash-agent/redash-agent/internal/envfile"
@@ -146,7 +147,7 @@ func (a *Agent) checkDisk() doctor.Result {
 // checkClean: an AMI must carry no instance state (secrets, containers, locks).
 func (a *Agent) checkClean(ctx context.Context, dc *client.Client) doctor.Result {
 	var left []string
-	for _, p := range []string{filepath.Join(a.o.Dir, EnvFileName), filepath.Join(a.o.Dir, ".redash-agent.lock"), filepath.Join(a.o.StateDir, "hash-key"), filepath.Join(a.o.StateDir, "local-secrets.json")} {
+	for _, p := range []string{filepath.Join(a.o.Dir, EnvFileName), filepath.Join(a.o.Dir, dirlock.FileName), a.hashKeyPath(), a.localSecrets()} {
 		if _, err := os.Stat(p); err == nil {
 			left = append(left, p)
 		}

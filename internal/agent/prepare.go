@@ -11,6 +11,7 @@ import (
 	"github.com/redash-agent/redash-agent/internal/compose"
 	"github.com/redash-agent/redash-agent/internal/config"
 	"github.com/redash-agent/redash-agent/internal/desired"
+	"github.com/redash-agent/redash-agent/internal/dirlock"
 	"github.com/redash-agent/redash-agent/internal/engine"
 	"github.com/redash-agent/redash-agent/internal/secrets"
 )
@@ -97,7 +98,7 @@ func (a *Agent) removeInstanceState() error {
 	for _, p := range []string{
 		filepath.Join(a.o.Dir, EnvFileName),
 		filepath.Join(a.o.Dir, ComposeFileName),
-		filepath.Join(a.o.Dir, ".redash-agent.lock"),
+		filepath.Join(a.o.Dir, dirlock.FileName),
 	} {
 		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, fmt.Errorf("removing %q: %w", p, err))
