@@ -118,6 +118,7 @@ func TestDebContents(t *testing.T) {
 		"/usr/bin/redash-agent":                           0o755,
 		"/lib/systemd/system/redash-agent.service":        0o644,
 		"/etc/redash-agent/config.yaml":                   0o640,
+		"/usr/lib/tmpfiles.d/redash-agent.conf":           0o644,
 		"/usr/share/man/man8/redash-agent.8.gz":           0o644,
 		"/usr/share/doc/redash-agent/copyright":           0o644,
 		"/usr/share/doc/redash-agent/changelog.Debian.gz": 0o644,
@@ -127,6 +128,7 @@ func TestDebContents(t *testing.T) {
 	sameAsRepo := map[string]string{
 		"/lib/systemd/system/redash-agent.service": "redash-agent.service",
 		"/etc/redash-agent/config.yaml":            "config.yaml",
+		"/usr/lib/tmpfiles.d/redash-agent.conf":    "tmpfiles.conf",
 	}
 	machine := map[string]elf.Machine{"amd64": elf.EM_X86_64, "arm64": elf.EM_AARCH64}
 
