@@ -66,6 +66,8 @@ func (f *fakeIMDS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		tok := fmt.Sprintf("fake-token-%d", len(f.tokens)+1)
 		f.tokens = append(f.tokens, tok)
 		f.mu.Unlock()
+		// Like IMDS: the answer says how long the token lives.
+		w.Header().Set("X-Aws-Ec2-Metadata-Token-Ttl-Seconds", r.Header.Get("X-aws-ec2-metadata-token-ttl-seconds"))
 		fmt.Fprint(w, tok)
 		return
 	}
