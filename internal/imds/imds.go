@@ -28,6 +28,7 @@ import (
 	"net/url"
 	pathpkg "path"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -235,27 +236,23 @@ func parseKeys(listing string) []string {
 // first failure cancels the rest and is the one reported: the requests it
 // cancelled would only add noise.
 func (r *run) tagValues(ctx context.Context, keys []string) (map[string]string, error) {
-	values := make([]string, len(keys))
+	var mu sync.Mutex
+	tags := make(map[string]string, len(keys))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(tagWorkers)
-	for i, k := range keys {
+	for _, k := range keys {
 		g.Go(func() error {
 			v, err := r.get(gctx, kindTag, "tags/instance/"+k)
 			if err != nil {
 				return fmt.Errorf("reading tag %q: %w", k, err)
 			}
-			values[i] = v
+			mu.Lock()
+			defer mu.Unlock()
+			tags[k] = v
 			return nil
 		})
 	}
-	if err := g.Wait(); err != nil {
-		return nil, err
-	}
-	tags := make(map[string]string, len(keys))
-	for i, k := range keys {
-		tags[k] = values[i]
-	}
-	return tags, nil
+	return tags, g.Wait()
 }
 
 // reqKind says which request is being classified: the token PUT, a plain
@@ -443,6 +440,11 @@ func (t *retryer) judge(err error) (verdict, error) {
 		return fail, cmp.Or(t.r.tokenErr, err)
 	case errors.As(err, &re):
 		return classify(t.kind, re.HTTPStatusCode()), &statusError{method, t.path, re.HTTPStatusCode()}
+	case t.kind == kindToken && errors.As(err, new(*strconv.NumError)):
+		// The SDK needs the TTL header IMDS sends with every token; an
+		// answer without it will not grow one.
+		return fail, fmt.Errorf("the token answer from %s lacks a valid X-Aws-Ec2-Metadata-Token-Ttl-Seconds header: "+
+			"is this endpoint IMDS? check %s: %w", t.r.c.endpoint, EndpointEnv, err)
 	}
 	return retry, err // no answer: refused, reset or timed out
 }
@@ -458,7 +460,7 @@ func (t *retryer) IsErrorRetryable(err error) bool {
 		return true
 	case v == retoken:
 		cause = fmt.Errorf("the metadata endpoint rejected %d fresh IMDSv2 tokens: %w", maxRetokens, cause)
-	case t.kind == kindToken: // classify fails a token request only on a status
+	case t.kind == kindToken && errors.As(cause, new(*statusError)):
 		se := cause.(*statusError)
 		cause = fmt.Errorf("IMDSv2 token refused with %d %s by %s: is the metadata endpoint IMDSv2-enabled "+
 			"(launch template MetadataOptions HttpEndpoint: enabled; HttpPutResponseHopLimit 2 or more when "+
