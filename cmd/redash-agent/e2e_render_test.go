@@ -328,6 +328,8 @@ func tagsDisabledIMDS(t *testing.T) string {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case r.Method == http.MethodPut && r.URL.Path == "/latest/api/token":
+			// Like IMDS, the answer says how long the token lives.
+			w.Header().Set("X-Aws-Ec2-Metadata-Token-Ttl-Seconds", r.Header.Get("X-Aws-Ec2-Metadata-Token-Ttl-Seconds"))
 			w.Write([]byte("token"))
 		case r.URL.Path == "/latest/meta-data/instance-id":
 			w.Write([]byte("i-0123456789abcdef0"))

@@ -26,6 +26,7 @@ import (
 // fakeIMDS is an IMDSv2 server whose faults the test sets up front.
 type fakeIMDS struct {
 	tokenStatus   int               // status of every token PUT; 0 = 200
+	tokenNoTTL    bool              // token answers lack IMDS's TTL header
 	listing404s   int               // 404s on the tag listing before it answers; -1 = forever
 	metaFailures  int               // 503s on instance-id before it answers
 	expireToken1  bool              // every GET with the first token answers 401
@@ -66,6 +67,10 @@ func (f *fakeIMDS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		tok := fmt.Sprintf("fake-token-%d", len(f.tokens)+1)
 		f.tokens = append(f.tokens, tok)
 		f.mu.Unlock()
+		// Like IMDS: the answer says how long the token lives.
+		if !f.tokenNoTTL {
+			w.Header().Set("X-Aws-Ec2-Metadata-Token-Ttl-Seconds", r.Header.Get("X-aws-ec2-metadata-token-ttl-seconds"))
+		}
 		fmt.Fprint(w, tok)
 		return
 	}
@@ -250,6 +255,7 @@ func TestInstanceFailures(t *testing.T) {
 	}
 
 	tokenRefused := &fakeIMDS{tokenStatus: http.StatusForbidden}
+	notIMDS := &fakeIMDS{tokenNoTTL: true}
 	tagsOff := &fakeIMDS{listing404s: -1}
 	tests := []struct {
 		name      string
@@ -268,6 +274,17 @@ func TestInstanceFailures(t *testing.T) {
 			checkFake: func(t *testing.T) {
 				if got := tokenRefused.log(); len(got) != 1 || got[0] != "PUT /latest/api/token" {
 					t.Errorf("requests = %q, want exactly one token PUT and no GET", got)
+				}
+			},
+		},
+		{
+			name: "token answer without a TTL is final", endpoint: fakeURL(notIMDS), deadline: 2 * time.Second,
+			wantText: []string{"reading the instance id: the token answer from http://127.0.0.1:",
+				"lacks a valid X-Aws-Ec2-Metadata-Token-Ttl-Seconds header: is this endpoint IMDS?"},
+			maxTime: 500 * time.Millisecond,
+			checkFake: func(t *testing.T) {
+				if got := notIMDS.log(); len(got) != 1 {
+					t.Errorf("requests = %q, want exactly one token PUT", got)
 				}
 			},
 		},

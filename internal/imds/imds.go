@@ -1,19 +1,22 @@
 // Package imds reads the instance id, region and instance tags from the EC2
-// instance metadata service, IMDSv2 only.
+// instance metadata service, IMDSv2 only, through the AWS SDK's IMDS client.
 //
-// Side effects: HTTP requests to the metadata endpoint and nothing else (no
-// proxy, no files, no environment changes). The endpoint is
-// Options.Endpoint, else the AWS SDK's standard setting
-// AWS_EC2_METADATA_SERVICE_ENDPOINT, else http://169.254.169.254.
+// Side effects: HTTP requests to the metadata endpoint (never through a
+// proxy) and reading the AWS shared config file, nothing else. The endpoint
+// is Options.Endpoint, else the SDK's standard settings
+// (AWS_EC2_METADATA_SERVICE_ENDPOINT, then ec2_metadata_service_endpoint of
+// the shared config profile), else http://169.254.169.254;
+// AWS_EC2_METADATA_DISABLED=true turns the client off.
 //
-// The client never falls back to IMDSv1: a refused token request is an
-// error. At boot the metadata service and the instance tags can appear late,
-// so connection errors, 5xx, 429 and a 404 on the tag listing are retried
-// with jittered exponential backoff until Options.Deadline, and every retry
-// is logged.
+// The SDK client keeps the session token; this package owns the policy. It
+// never falls back to IMDSv1: a refused token request is an error. At boot
+// the metadata service and the instance tags can appear late, so connection
+// errors, 5xx, 429 and a 404 on the tags are retried with jittered
+// exponential backoff until Options.Deadline, and every retry is logged.
 package imds
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -23,12 +26,19 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
+	pathpkg "path"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/config"
+	sdkimds "github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
+	"github.com/aws/smithy-go/middleware"
+	smithyhttp "github.com/aws/smithy-go/transport/http"
+	"golang.org/x/sync/errgroup"
 )
 
 const (
@@ -37,14 +47,11 @@ const (
 	// EndpointEnv is the AWS SDK's standard setting for the IMDS endpoint;
 	// tests and users point the agent elsewhere with it.
 	EndpointEnv = "AWS_EC2_METADATA_SERVICE_ENDPOINT"
+	// disabledEnv is the SDK's standard switch that turns IMDS clients off.
+	disabledEnv = "AWS_EC2_METADATA_DISABLED"
 
 	// DefaultDeadline bounds how long Instance keeps retrying at boot.
 	DefaultDeadline = 2 * time.Minute
-
-	tokenPath = "api/token"
-	// tokenTTL is the IMDS maximum (6 hours), the same the AWS SDK asks for:
-	// one token covers a whole boot, and a 401 still triggers a new one.
-	tokenTTL = 21600
 
 	// attemptTimeout bounds one HTTP exchange so that a blackholed endpoint
 	// (packets dropped, e.g. a hop limit of 1 behind a NAT) is retried and
@@ -56,9 +63,6 @@ const (
 	// tagWorkers bounds the parallel tag-value requests; IMDS throttles
 	// bursts (429), and instances carry at most 50 tags.
 	tagWorkers = 8
-	// maxBody caps what we read from one answer; tag values are at most 256
-	// characters, so anything near this is not IMDS.
-	maxBody = 1 << 20
 )
 
 // ErrTagsNotEnabled means the tag listing answered 404 until the deadline:
@@ -68,13 +72,13 @@ var ErrTagsNotEnabled = errors.New("instance metadata tags are not enabled")
 
 // Options configures a Client. The zero value is ready for an EC2 instance.
 type Options struct {
-	Endpoint string        // "" = AWS_EC2_METADATA_SERVICE_ENDPOINT or http://169.254.169.254
+	Endpoint string        // "" = the SDK's standard settings or http://169.254.169.254
 	Deadline time.Duration // total time to keep retrying; 0 = 2 minutes
 	// TagsDeadline, when shorter than Deadline, bounds how long a 404 on the
 	// tag listing is retried once IMDS itself has answered. A host that has
 	// nothing else to go by uses it to tell "not configured" quickly.
 	TagsDeadline time.Duration
-	HTTPClient   *http.Client // nil = a client that never uses a proxy
+	HTTPClient   *http.Client // nil = a client that never uses a proxy and ends one exchange after 3s
 	Logger       *slog.Logger // each retry attempt is logged (attempt number, path, cause, next delay); nil = discard
 }
 
@@ -87,24 +91,24 @@ type Instance struct {
 
 // Client reads instance metadata over IMDSv2. It is safe for concurrent use.
 type Client struct {
+	cfg      aws.Config // the SDK's settings
+	cfgErr   error      // reported by Instance, which can return an error
 	endpoint string
+	off      bool // AWS_EC2_METADATA_DISABLED=true
 	deadline time.Duration
 	tagsDL   time.Duration // 0: the tag listing gets the whole deadline
 	hc       *http.Client
 	log      *slog.Logger
-	jitter   func() float64 // in [0,1); replaced by tests that need determinism
 }
 
-// New returns a Client for o.
+// New returns a Client for o. It reads the SDK's settings once, here.
 func New(o Options) *Client {
-	c := &Client{
-		endpoint: strings.TrimRight(ResolveEndpoint(o.Endpoint), "/"),
-		deadline: o.Deadline,
-		tagsDL:   o.TagsDeadline,
-		hc:       o.HTTPClient,
-		log:      o.Logger,
-		jitter:   rand.Float64,
-	}
+	c := &Client{deadline: o.Deadline, tagsDL: o.TagsDeadline, hc: o.HTTPClient, log: o.Logger}
+	// This reads the environment and the shared config files; the
+	// credentials it sets up are never retrieved.
+	c.cfg, c.cfgErr = config.LoadDefaultConfig(context.Background())
+	endpoint, off := fromSDK(c.cfg.ConfigSources)
+	c.endpoint, c.off = strings.TrimRight(cmp.Or(o.Endpoint, endpoint), "/"), off
 	if c.deadline <= 0 {
 		c.deadline = DefaultDeadline
 	}
@@ -114,7 +118,7 @@ func New(o Options) *Client {
 		tr := http.DefaultTransport.(*http.Transport).Clone()
 		tr.Proxy = nil
 		tr.DialContext = (&net.Dialer{Timeout: time.Second}).DialContext
-		c.hc = &http.Client{Transport: tr}
+		c.hc = &http.Client{Transport: tr, Timeout: attemptTimeout}
 	}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
@@ -124,13 +128,30 @@ func New(o Options) *Client {
 
 // ResolveEndpoint returns the endpoint New uses for the given option value.
 func ResolveEndpoint(option string) string {
-	if option != "" {
-		return option
+	cfg, _ := config.LoadDefaultConfig(context.Background()) // a broken file is Instance's to report
+	endpoint, _ := fromSDK(cfg.ConfigSources)
+	return cmp.Or(option, endpoint)
+}
+
+// fromSDK reads the IMDS settings in the SDK's order: the environment, then
+// the shared config profile. We hand the endpoint to the SDK explicitly, so
+// the one our messages name is the one it talks to; and we check "off"
+// first because the SDK's own refusal does not say what to do.
+func fromSDK(sources []any) (endpoint string, off bool) {
+	var mode sdkimds.EndpointModeState
+	for _, s := range sources {
+		switch s := s.(type) {
+		case config.EnvConfig:
+			endpoint, mode = cmp.Or(endpoint, s.EC2IMDSEndpoint), cmp.Or(mode, s.EC2IMDSEndpointMode)
+			off = s.EC2IMDSClientEnableState == sdkimds.ClientDisabled
+		case config.SharedConfig:
+			endpoint, mode = cmp.Or(endpoint, s.EC2IMDSEndpoint), cmp.Or(mode, s.EC2IMDSEndpointMode)
+		}
 	}
-	if e := os.Getenv(EndpointEnv); e != "" {
-		return e
+	if endpoint == "" && mode == sdkimds.EndpointModeStateIPv6 {
+		endpoint = "http://[fd00:ec2::254]"
 	}
-	return DefaultEndpoint
+	return cmp.Or(endpoint, DefaultEndpoint), off
 }
 
 // Endpoint returns the metadata endpoint the client talks to.
@@ -139,6 +160,13 @@ func (c *Client) Endpoint() string { return c.endpoint }
 // Instance reads the instance id, the region and every instance tag. It keeps
 // retrying transient failures until the client's deadline or ctx ends.
 func (c *Client) Instance(ctx context.Context) (Instance, error) {
+	if c.cfgErr != nil {
+		return Instance{}, fmt.Errorf("loading the AWS SDK configuration for IMDS: %w: fix the file AWS_CONFIG_FILE or AWS_PROFILE names", c.cfgErr)
+	}
+	if c.off {
+		return Instance{}, fmt.Errorf("reading instance metadata: turned off by %s=true in the environment: unset it "+
+			"(the agent reads its instance tags and region from IMDS), or use `provider: local` on a host without EC2", disabledEnv)
+	}
 	if u, err := url.Parse(c.endpoint); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return Instance{}, fmt.Errorf("using the metadata endpoint %q: not an http:// URL: fix %s or the endpoint option", c.endpoint, EndpointEnv)
 	}
@@ -146,13 +174,22 @@ func (c *Client) Instance(ctx context.Context) (Instance, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.deadline)
 	defer cancel()
 	r := &run{c: c, parent: parent, start: time.Now(), until: time.Now().Add(c.deadline)}
+	// One SDK client per call: its token, and the retryer that fetches it,
+	// belong to this call's deadline.
+	r.sdk = sdkimds.NewFromConfig(c.cfg, func(o *sdkimds.Options) {
+		o.Endpoint = c.endpoint
+		o.EnableFallback = aws.FalseTernary // never IMDSv1
+		o.HTTPClient = c.hc
+		o.Retryer = &retryer{r: r, kind: kindToken, path: "/latest/api/token", ctx: ctx}
+		o.DisableDefaultMaxBackoff = true // our backoff has its own cap
+	})
 
-	id, err := r.get(ctx, kindMeta, "meta-data/instance-id")
+	id, err := r.get(ctx, kindMeta, "instance-id")
 	if err != nil {
 		return Instance{}, fmt.Errorf("reading the instance id: %w", err)
 	}
 	id = strings.TrimSpace(id)
-	region, err := r.get(ctx, kindMeta, "meta-data/placement/region")
+	region, err := r.get(ctx, kindMeta, "placement/region")
 	if err != nil {
 		return Instance{}, fmt.Errorf("reading the region of instance %q: %w", id, err)
 	}
@@ -164,7 +201,7 @@ func (c *Client) Instance(ctx context.Context) (Instance, error) {
 		tagsCtx, cancelTags = context.WithTimeout(ctx, c.tagsDL)
 		defer cancelTags()
 	}
-	listing, err := r.get(tagsCtx, kindTags, "meta-data/tags/instance")
+	listing, err := r.get(tagsCtx, kindTags, "tags/instance")
 	if err != nil {
 		var se *statusError
 		if errors.As(err, &se) && se.status == http.StatusNotFound && parent.Err() == nil {
@@ -199,53 +236,23 @@ func parseKeys(listing string) []string {
 // first failure cancels the rest and is the one reported: the requests it
 // cancelled would only add noise.
 func (r *run) tagValues(ctx context.Context, keys []string) (map[string]string, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	values := make([]string, len(keys))
-	var (
-		mu       sync.Mutex
-		firstErr error
-		wg       sync.WaitGroup
-	)
-	sem := make(chan struct{}, tagWorkers)
-	for i, k := range keys {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			select {
-			case sem <- struct{}{}:
-				defer func() { <-sem }()
-			case <-ctx.Done():
-				return
-			}
-			// PathEscape, not raw concatenation: keys may hold ',' and
-			// other reserved characters, and must stay one path segment.
-			v, err := r.get(ctx, kindTag, "meta-data/tags/instance/"+url.PathEscape(k))
-			if err != nil {
-				mu.Lock()
-				if firstErr == nil {
-					firstErr = fmt.Errorf("reading tag %q: %w", k, err)
-					cancel()
-				}
-				mu.Unlock()
-				return
-			}
-			values[i] = v
-		}()
-	}
-	wg.Wait()
-	if firstErr != nil {
-		return nil, firstErr
-	}
-	if err := ctx.Err(); err != nil {
-		// The deadline or the caller ended the wait for a worker slot.
-		return nil, fmt.Errorf("reading tags from %s: %w", r.c.endpoint, err)
-	}
+	var mu sync.Mutex
 	tags := make(map[string]string, len(keys))
-	for i, k := range keys {
-		tags[k] = values[i]
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(tagWorkers)
+	for _, k := range keys {
+		g.Go(func() error {
+			v, err := r.get(gctx, kindTag, "tags/instance/"+k)
+			if err != nil {
+				return fmt.Errorf("reading tag %q: %w", k, err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			tags[k] = v
+			return nil
+		})
 	}
-	return tags, nil
+	return tags, g.Wait()
 }
 
 // reqKind says which request is being classified: the token PUT, a plain
@@ -259,7 +266,7 @@ const (
 	kindTag
 )
 
-// verdict is what the retry loop does with one answer.
+// verdict is what the retryer does with one failed attempt.
 type verdict int
 
 const (
@@ -331,140 +338,166 @@ type statusError struct {
 }
 
 func (e *statusError) Error() string {
-	return fmt.Sprintf("%s /latest/%s answered %d %s", e.method, e.path, e.status, http.StatusText(e.status))
+	return fmt.Sprintf("%s %s answered %d %s", e.method, e.path, e.status, http.StatusText(e.status))
 }
 
-// run is one Instance call: it shares the IMDSv2 session token between the
-// parallel tag requests and remembers when the call started for messages.
+// run is one Instance call: its SDK client (and so its session token), its
+// deadline, and why the token could not be had, for the GETs that needed it.
 type run struct {
 	c      *Client
+	sdk    *sdkimds.Client
 	parent context.Context // the caller's ctx, to tell its cancellation from our deadline
 	start  time.Time
 	until  time.Time // our own deadline, to tell it from a shorter one of the caller
 
-	mu    sync.Mutex
-	token string
-	gen   int // bumped on every new token so parallel 401s refresh it once
+	mu       sync.Mutex
+	tokenErr error // why the last token fetch failed, see retryer.judge
 }
 
 func (r *run) since() time.Duration { return time.Since(r.start).Round(time.Millisecond) }
 
-// sessionToken returns a valid token, fetching one if there is none. The
-// mutex is held during the fetch so parallel requests wait for one token.
-func (r *run) sessionToken(ctx context.Context) (string, int, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.token != "" {
-		return r.token, r.gen, nil
-	}
-	tok, err := r.retryLoop(ctx, kindToken, tokenPath, func(ctx context.Context) (string, verdict, error) {
-		body, status, err := r.c.exchange(ctx, http.MethodPut, tokenPath, http.Header{
-			"X-Aws-Ec2-Metadata-Token-Ttl-Seconds": {strconv.Itoa(tokenTTL)},
-		})
-		if err != nil {
-			return "", retry, err
+// get reads one path below /latest/meta-data/. The SDK adds the token and
+// runs the attempts; a retryer of this call's own holds the policy and, when
+// it ends the call, the error to report.
+func (r *run) get(ctx context.Context, k reqKind, path string) (string, error) {
+	t := &retryer{r: r, kind: k, path: "/latest/meta-data/" + path, ctx: ctx}
+	out, err := r.sdk.GetMetadata(ctx, &sdkimds.GetMetadataInput{Path: path}, func(o *sdkimds.Options) {
+		o.Retryer = t
+		if k == kindTag {
+			// A key must stay one path segment: the SDK would send a ',' as is.
+			dir, key := pathpkg.Split(t.path)
+			o.APIOptions = append(o.APIOptions, rawPath(dir+url.PathEscape(key)))
 		}
-		v := classify(kindToken, status)
-		if v == fail {
-			return "", fail, fmt.Errorf("IMDSv2 token refused with %d %s by %s: is the metadata endpoint IMDSv2-enabled "+
-				"(launch template MetadataOptions HttpEndpoint: enabled; HttpPutResponseHopLimit 2 or more when "+
-				"called from a container)? redash-agent never falls back to IMDSv1: %w",
-				status, http.StatusText(status), r.c.endpoint, &statusError{http.MethodPut, tokenPath, status})
-		}
-		if v != ok {
-			return "", v, &statusError{http.MethodPut, tokenPath, status}
-		}
-		if strings.TrimSpace(body) == "" {
-			return "", retry, errors.New("IMDSv2 token answer was empty")
-		}
-		return strings.TrimSpace(body), ok, nil
 	})
 	if err != nil {
-		return "", 0, err
+		// No t.err: the SDK stopped without asking t, as ctx ended before an
+		// attempt or during a backoff.
+		return "", cmp.Or(t.err, r.giveUp(t.tries, t.path, err))
 	}
-	r.token = tok
-	r.gen++
-	return r.token, r.gen, nil
-}
-
-// dropToken forgets the token of generation gen after a 401, unless a
-// parallel request already replaced it.
-func (r *run) dropToken(gen int) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.gen == gen {
-		r.token = ""
+	defer out.Content.Close()
+	b, err := io.ReadAll(out.Content)
+	if err != nil {
+		return "", fmt.Errorf("reading the answer to GET %s: %w", t.path, err)
 	}
+	return string(b), nil
 }
 
-// get reads one metadata path with the session token, retrying per classify.
-func (r *run) get(ctx context.Context, k reqKind, path string) (string, error) {
-	retokens := 0
-	return r.retryLoop(ctx, k, path, func(actx context.Context) (string, verdict, error) {
-		// The token fetch has its own retries bounded by the overall
-		// deadline, so it uses ctx, not this attempt's short timeout.
-		tok, gen, err := r.sessionToken(ctx)
-		if err != nil {
-			return "", fail, err
-		}
-		body, status, err := r.c.exchange(actx, http.MethodGet, path, http.Header{
-			"X-Aws-Ec2-Metadata-Token": {tok},
-		})
-		if err != nil {
-			return "", retry, err
-		}
-		v := classify(k, status)
-		se := &statusError{http.MethodGet, path, status}
-		switch v {
-		case ok:
-			retokens = 0
-			return body, ok, nil
-		case retoken:
-			r.dropToken(gen)
-			if retokens++; retokens > maxRetokens {
-				return "", fail, fmt.Errorf("the metadata endpoint rejected %d fresh IMDSv2 tokens: %w", maxRetokens, se)
-			}
-		}
-		return "", v, se
-	})
-}
-
-// retryLoop runs attempt until it succeeds, fails finally, or the deadline in
-// ctx passes; every retry is logged with its cause and the next delay.
-func (r *run) retryLoop(ctx context.Context, k reqKind, path string, attempt func(context.Context) (string, verdict, error)) (string, error) {
-	for n := 1; ; n++ {
-		actx, cancel := context.WithTimeout(ctx, attemptTimeout)
-		body, v, err := attempt(actx)
-		cancel()
-		switch v {
-		case ok:
-			return body, nil
-		case fail:
-			return "", err
-		}
-		delay := time.Duration(0)
-		if v == retry {
-			delay = backoff(n, r.c.jitter())
-		}
-		if ctx.Err() != nil || !r.fits(ctx, delay) {
-			return "", r.giveUp(n, path, err)
-		}
-		r.c.log.Warn("IMDS request failed; retrying",
-			"attempt", n, "path", "/latest/"+path, "cause", err.Error(), "next_delay", delay)
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return "", r.giveUp(n, path, err)
-		case <-t.C:
-		}
+// rawPath sets the escaped form of the request path, which the SDK leaves
+// empty.
+func rawPath(raw string) func(*middleware.Stack) error {
+	return func(s *middleware.Stack) error {
+		return s.Serialize.Insert(middleware.SerializeMiddlewareFunc("RawPath",
+			func(ctx context.Context, in middleware.SerializeInput, next middleware.SerializeHandler) (middleware.SerializeOutput, middleware.Metadata, error) {
+				if req, ok := in.Request.(*smithyhttp.Request); ok {
+					req.URL.RawPath = raw
+				}
+				return next.HandleSerialize(ctx, in)
+			}), "OperationSerializer", middleware.After)
 	}
 }
 
-// fits reports whether waiting delay still leaves time for another attempt.
-func (r *run) fits(ctx context.Context, delay time.Duration) bool {
-	dl, ok := ctx.Deadline()
-	return !ok || time.Until(dl) > delay
+// retryer is one request's SDK retry policy (aws.RetryerV2): classify
+// decides, backoff spaces the attempts and the deadline of ctx ends them
+// (MaxAttempts 0: time bounds them, not a count); err is why they ended, in
+// our words. The token's retryer serves one fetch at a time (the SDK holds a
+// lock while fetching), a GET's retryer one call.
+type retryer struct {
+	r               *run
+	kind            reqKind
+	path            string // "/latest/...", for messages
+	ctx             context.Context
+	tries, retokens int
+	err             error
+}
+
+var _ aws.RetryerV2 = (*retryer)(nil)
+
+func nop(error) error { return nil }
+
+func (t *retryer) MaxAttempts() int                                                { return 0 }
+func (t *retryer) GetInitialToken() func(error) error                              { return nop }
+func (t *retryer) GetRetryToken(context.Context, error) (func(error) error, error) { return nop, nil }
+func (t *retryer) GetAttemptToken(context.Context) (func(error) error, error)      { return nop, nil }
+
+// judge classifies one failed attempt and puts its cause in our words.
+func (t *retryer) judge(err error) (verdict, error) {
+	method := http.MethodGet
+	if t.kind == kindToken {
+		method = http.MethodPut
+	}
+	// The SDK's token provider wraps its errors in a type without Unwrap
+	// whose RetryableError is true for a GET answered 401 (the SDK has
+	// dropped the token) and false for a failed token fetch (the token's
+	// retryer has retried it and kept why in run.tokenErr).
+	var mark interface{ RetryableError() bool }
+	var re *smithyhttp.ResponseError
+	switch {
+	case errors.As(err, &mark) && mark.RetryableError():
+		return retoken, &statusError{method, t.path, http.StatusUnauthorized}
+	case mark != nil:
+		t.r.mu.Lock()
+		defer t.r.mu.Unlock()
+		return fail, cmp.Or(t.r.tokenErr, err)
+	case errors.As(err, &re):
+		return classify(t.kind, re.HTTPStatusCode()), &statusError{method, t.path, re.HTTPStatusCode()}
+	case t.kind == kindToken && errors.As(err, new(*strconv.NumError)):
+		// The SDK needs the TTL header IMDS sends with every token; an
+		// answer without it will not grow one.
+		return fail, fmt.Errorf("the token answer from %s lacks a valid X-Aws-Ec2-Metadata-Token-Ttl-Seconds header: "+
+			"is this endpoint IMDS? check %s: %w", t.r.c.endpoint, EndpointEnv, err)
+	}
+	return retry, err // no answer: refused, reset or timed out
+}
+
+func (t *retryer) IsErrorRetryable(err error) bool {
+	t.tries++
+	v, cause := t.judge(err)
+	switch {
+	case v == retry:
+		return true
+	case v == retoken && t.retokens < maxRetokens:
+		t.retokens++
+		return true
+	case v == retoken:
+		cause = fmt.Errorf("the metadata endpoint rejected %d fresh IMDSv2 tokens: %w", maxRetokens, cause)
+	case t.kind == kindToken && errors.As(cause, new(*statusError)):
+		se := cause.(*statusError)
+		cause = fmt.Errorf("IMDSv2 token refused with %d %s by %s: is the metadata endpoint IMDSv2-enabled "+
+			"(launch template MetadataOptions HttpEndpoint: enabled; HttpPutResponseHopLimit 2 or more when "+
+			"called from a container)? redash-agent never falls back to IMDSv1: %w",
+			se.status, http.StatusText(se.status), t.r.c.endpoint, se)
+	}
+	t.end(cause)
+	return false
+}
+
+// RetryDelay returns the backoff before the next attempt, or ends the
+// request when that attempt could not start before the deadline (ctx always
+// has one: Instance sets it).
+func (t *retryer) RetryDelay(attempt int, err error) (time.Duration, error) {
+	v, cause := t.judge(err)
+	var delay time.Duration // a 401 is retried at once: the SDK fetches a new token
+	if v == retry {
+		delay = backoff(attempt, rand.Float64())
+	}
+	if dl, _ := t.ctx.Deadline(); t.ctx.Err() != nil || time.Until(dl) <= delay {
+		return 0, t.end(t.r.giveUp(attempt, t.path, cause))
+	}
+	t.r.c.log.Warn("IMDS request failed; retrying",
+		"attempt", attempt, "path", t.path, "cause", cause.Error(), "next_delay", delay)
+	return delay, nil
+}
+
+// end records why the attempts ended; the token's reason is also kept for
+// the GETs that waited on it.
+func (t *retryer) end(err error) error {
+	t.err = err
+	if t.kind == kindToken {
+		t.r.mu.Lock()
+		t.r.tokenErr = err
+		t.r.mu.Unlock()
+	}
+	return err
 }
 
 // giveUp builds the final error after the last failed attempt: the caller's
@@ -475,9 +508,9 @@ func (r *run) giveUp(attempts int, path string, last error) error {
 	if err := r.callerEnded(); err != nil {
 		// last only as text: a 404 seen before the caller's deadline is no
 		// proof that tags are disabled.
-		return fmt.Errorf("reading /latest/%s from %s: %w (last cause: %v)", path, r.c.endpoint, err, last)
+		return fmt.Errorf("reading %s from %s: %w (last cause: %v)", path, r.c.endpoint, err, last)
 	}
-	return fmt.Errorf("reading /latest/%s from the metadata endpoint %s: gave up after %d attempt(s) in %s "+
+	return fmt.Errorf("reading %s from the metadata endpoint %s: gave up after %d attempt(s) in %s "+
 		"(is this an EC2 instance with its metadata service enabled? set %s to use another endpoint): %w",
 		path, r.c.endpoint, attempts, r.since(), EndpointEnv, last)
 }
@@ -493,30 +526,4 @@ func (r *run) callerEnded() error {
 		return context.DeadlineExceeded
 	}
 	return nil
-}
-
-// exchange performs one HTTP request and returns the body and status.
-// Transport failures come back as err; any HTTP status is not an error here.
-func (c *Client) exchange(ctx context.Context, method, path string, h http.Header) (string, int, error) {
-	// Parsing the joined string keeps the escaped form of tag keys: url.Parse
-	// records RawPath, so "a%2Cb" goes on the wire as sent.
-	u, err := url.Parse(c.endpoint + "/latest/" + path)
-	if err != nil {
-		return "", 0, fmt.Errorf("building the IMDS URL from endpoint %q: %w: fix %s", c.endpoint, err, EndpointEnv)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, u.String(), nil)
-	if err != nil {
-		return "", 0, fmt.Errorf("building the IMDS request for %q: %w", path, err)
-	}
-	req.Header = h
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return "", 0, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
-	if err != nil {
-		return "", 0, fmt.Errorf("reading the answer to %s /latest/%s: %w", method, path, err)
-	}
-	return string(b), resp.StatusCode, nil
 }

@@ -9,7 +9,10 @@ import (
 	"log/slog"
 	"maps"
 	"net/http"
+	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -115,4 +118,80 @@ func TestSDKCredentialChainReadsMock(t *testing.T) {
 		t.Errorf("credentials expire at %v, want a future expiry", creds.Expires)
 	}
 	t.Logf("SDK credentials from source %q, key %s, expiring %v", creds.Source, creds.AccessKeyID, creds.Expires.Format(time.RFC3339))
+}
+
+// TestInstanceHonoursSDKSettings: the SDK's standard IMDS settings reach the
+// client, not only AWS_EC2_METADATA_SERVICE_ENDPOINT: the shared config
+// file's endpoint (by profile, below the environment) and
+// AWS_EC2_METADATA_DISABLED.
+func TestInstanceHonoursSDKSettings(t *testing.T) {
+	tags := map[string]string{"redash:version": "10.1.0"}
+	m := testenv.StartIMDSMock(t, tags)
+	dead := "http://127.0.0.1:" + strconv.Itoa(testenv.FreePort(t)) // nothing listens: refused
+	tests := []struct {
+		name    string
+		env     map[string]string
+		config  string // the shared config file; MOCK and DEAD are replaced
+		wantErr string // "" = reads the mock
+	}{
+		{name: "shared config, default profile", config: "[default]\nec2_metadata_service_endpoint = MOCK\n"},
+		{name: "shared config, profile from AWS_PROFILE", env: map[string]string{"AWS_PROFILE": "redash"},
+			config: "[default]\nec2_metadata_service_endpoint = DEAD\n\n[profile redash]\nec2_metadata_service_endpoint = MOCK\n"},
+		{name: "environment wins over shared config", env: map[string]string{EndpointEnv: "MOCK"},
+			config: "[default]\nec2_metadata_service_endpoint = DEAD\n"},
+		{name: "AWS_EC2_METADATA_DISABLED=false leaves it on", env: map[string]string{EndpointEnv: "MOCK", disabledEnv: "false"}},
+		{name: "AWS_EC2_METADATA_DISABLED=true turns it off", env: map[string]string{EndpointEnv: "MOCK", disabledEnv: "TRUE"},
+			wantErr: "reading instance metadata: turned off by AWS_EC2_METADATA_DISABLED=true in the environment: unset it"},
+	}
+	expand := strings.NewReplacer("MOCK", m.Endpoint, "DEAD", dead).Replace
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfgPath := filepath.Join(t.TempDir(), "config")
+			if err := os.WriteFile(cfgPath, []byte(expand(tt.config)), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			for k, v := range map[string]string{
+				"AWS_CONFIG_FILE": cfgPath, "AWS_SHARED_CREDENTIALS_FILE": cfgPath + ".none", "AWS_PROFILE": "",
+				EndpointEnv: "", EndpointEnv + "_MODE": "", disabledEnv: "",
+			} {
+				t.Setenv(k, v)
+			}
+			for k, v := range tt.env {
+				t.Setenv(k, expand(v))
+			}
+			before := mockRequests(t, m, "/latest/meta-data/instance-id")
+			c := New(Options{Deadline: 5 * time.Second})
+			got, err := c.Instance(context.Background())
+			after := mockRequests(t, m, "/latest/meta-data/instance-id")
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("error = %v, want one containing %q", err, tt.wantErr)
+				}
+				if after != before {
+					t.Errorf("the mock got %d instance-id requests while IMDS was turned off", after-before)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Instance: %v\nmock log: %s", err, m.Log)
+			}
+			if got.InstanceID != testenv.IMDSMockInstanceID || !maps.Equal(got.Tags, tags) || after == before {
+				t.Errorf("Instance = %+v after %d mock requests, want id %s and tags %v from the mock",
+					got, after-before, testenv.IMDSMockInstanceID, tags)
+			}
+			if c.Endpoint() != m.Endpoint {
+				t.Errorf("Endpoint() = %q, want the mock's %q (error messages name it)", c.Endpoint(), m.Endpoint)
+			}
+		})
+	}
+}
+
+// mockRequests counts the mock's log lines for requests to path.
+func mockRequests(t *testing.T, m *testenv.IMDSMock, path string) int {
+	t.Helper()
+	b, err := os.ReadFile(m.Log)
+	if err != nil {
+		t.Fatalf("reading the mock's log: %v", err)
+	}
+	return strings.Count(string(b), "Received request to mock static metadata: "+path+"\n")
 }

@@ -2,6 +2,8 @@ package imds
 
 import (
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -97,14 +99,25 @@ func TestParseKeys(t *testing.T) {
 
 func TestResolveEndpoint(t *testing.T) {
 	tests := []struct {
-		name, option, env, want string
+		name, option, env, config, want string
 	}{
-		{"default", "", "", DefaultEndpoint},
-		{"environment", "", "http://127.0.0.1:1338", "http://127.0.0.1:1338"},
-		{"option wins over environment", "http://10.0.0.1", "http://127.0.0.1:1338", "http://10.0.0.1"},
+		{"default", "", "", "", DefaultEndpoint},
+		{"environment", "", "http://127.0.0.1:1338", "", "http://127.0.0.1:1338"},
+		{"option wins over environment", "http://10.0.0.1", "http://127.0.0.1:1338", "", "http://10.0.0.1"},
+		{"shared config", "", "", "[default]\nec2_metadata_service_endpoint = http://127.0.0.1:1339\n", "http://127.0.0.1:1339"},
+		{"environment wins over shared config", "", "http://127.0.0.1:1338",
+			"[default]\nec2_metadata_service_endpoint = http://127.0.0.1:1339\n", "http://127.0.0.1:1338"},
+		{"shared config IPv6 mode", "", "", "[default]\nec2_metadata_service_endpoint_mode = IPv6\n", "http://[fd00:ec2::254]"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			cfg := filepath.Join(t.TempDir(), "config")
+			if err := os.WriteFile(cfg, []byte(tt.config), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			t.Setenv("AWS_CONFIG_FILE", cfg)
+			t.Setenv("AWS_PROFILE", "")
+			t.Setenv(EndpointEnv+"_MODE", "")
 			t.Setenv(EndpointEnv, tt.env)
 			if got := ResolveEndpoint(tt.option); got != tt.want {
 				t.Errorf("ResolveEndpoint(%q) with %s=%q = %q, want %q", tt.option, EndpointEnv, tt.env, got, tt.want)
