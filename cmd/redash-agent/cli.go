@@ -19,19 +19,17 @@ import (
 
 	"github.com/redash-agent/redash-agent/internal/agent"
 	"github.com/redash-agent/redash-agent/internal/config"
+	"github.com/redash-agent/redash-agent/internal/exitcode"
 	"github.com/redash-agent/redash-agent/internal/logging"
 )
 
-// Exit codes of DESIGN.md's CLI contract.
+// Exit codes of the CLI contract; exitcode owns them.
 const (
-	exitOK        = 0
-	exitFailure   = 1
-	exitUsage     = 2
-	exitConfigErr = 3 // the unit's RestartPreventExitStatus: fixing it needs a person
+	exitOK        = exitcode.OK
+	exitFailure   = exitcode.Failure
+	exitUsage     = exitcode.Usage
+	exitConfigErr = exitcode.Config // the unit's RestartPreventExitStatus: fixing it needs a person
 )
-
-// usageError marks a bad command line (exit 2).
-type usageError struct{ error }
 
 // globals are the flags every command shares.
 type globals struct {
@@ -53,6 +51,14 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		Short:         "Configure and run Redash on this EC2 instance from its tags and Secrets Manager",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		// Without Args cobra reports an unknown command from inside Find,
+		// as text; with it the command line reaches rootArgs, which says
+		// so with a usage error. A root with Args must be runnable, or
+		// cobra prints help and exits 0 for any word.
+		Args: rootArgs,
+		RunE: func(c *cobra.Command, _ []string) error { return c.Help() },
+		// cobra's default, which it sets only on its own unknown-command path.
+		SuggestionsMinimumDistance: 2,
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
@@ -66,7 +72,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	pf.BoolVar(&g.json, "json", false, "print data as JSON")
 	pf.DurationVar(&g.imdsDeadline, "imds-deadline", 2*time.Minute, "how long to wait for IMDS and the instance tags at boot")
 	pf.StringVar(&g.logFormat, "log-format", "", "log format: text, json or journal (default: journal under systemd, else text)")
-	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return exitcode.UsageError(err) })
 
 	root.AddCommand(
 		versionCmd(),
@@ -81,32 +87,59 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		prepareImageCmd(&g),
 	)
 
+	for _, c := range root.Commands() {
+		c.Args = usageArgs(c.Args)
+	}
+
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	err := root.ExecuteContext(ctx)
 	return exitCode(err, stderr)
 }
 
+// rootArgs rejects any word that is not a command (cobra finds the commands
+// before this runs), with cobra's spelling suggestions.
+func rootArgs(c *cobra.Command, args []string) error {
+	if len(args) == 0 {
+		return nil
+	}
+	msg := fmt.Sprintf("unknown command %q for %q", args[0], c.CommandPath())
+	if s := c.SuggestionsFor(args[0]); len(s) > 0 {
+		msg += "\n\nDid you mean this?\n\t" + strings.Join(s, "\n\t") + "\n"
+	}
+	return exitcode.UsageError(errors.New(msg))
+}
+
+// usageArgs makes a command's argument validator's error a usage error
+// (exit 2): cobra's own validators return plain text errors.
+func usageArgs(validate cobra.PositionalArgs) cobra.PositionalArgs {
+	if validate == nil {
+		return nil
+	}
+	return func(c *cobra.Command, args []string) error {
+		return exitcode.UsageError(validate(c, args))
+	}
+}
+
+// exitCode prints err for the operator and returns the exit status it
+// carries (exitcode.Of): the classification is the error's type, never its
+// text.
 func exitCode(err error, stderr io.Writer) int {
 	if err == nil {
 		return exitOK
 	}
-	var ue usageError
-	switch {
-	case errors.Is(err, agent.ErrNotConfigured):
-		fmt.Fprintln(stderr, "redash-agent:", err)
-		return exitOK
-	case errors.As(err, &ue) || strings.HasPrefix(err.Error(), "unknown command") || strings.Contains(err.Error(), "accepts ") && strings.Contains(err.Error(), "arg(s)"):
+	code := exitcode.Of(err)
+	switch code {
+	case exitUsage:
 		fmt.Fprintln(stderr, "redash-agent:", err)
 		fmt.Fprintln(stderr, "run 'redash-agent --help' for usage")
-		return exitUsage
-	case agent.IsConfigError(err):
+	case exitConfigErr:
 		fmt.Fprintln(stderr, "redash-agent: configuration error:", err)
-		return exitConfigErr
 	default:
+		// Also "not configured" (exit 0): it says why there is nothing to do.
 		fmt.Fprintln(stderr, "redash-agent:", err)
-		return exitFailure
 	}
+	return code
 }
 
 // newAgent builds the agent from the global flags.
@@ -115,7 +148,7 @@ func (g *globals) newAgent(stderr io.Writer) (*agent.Agent, error) {
 	for _, kv := range g.set {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok || k == "" {
-			return nil, usageError{fmt.Errorf("--set %q: want KEY=VALUE, e.g. --set role=web", kv)}
+			return nil, exitcode.UsageError(fmt.Errorf("--set %q: want KEY=VALUE, e.g. --set role=web", kv))
 		}
 		set[strings.TrimPrefix(k, config.TagPrefix)] = v
 	}

@@ -26,6 +26,7 @@ import (
 	"github.com/redash-agent/redash-agent/internal/config"
 	"github.com/redash-agent/redash-agent/internal/desired"
 	"github.com/redash-agent/redash-agent/internal/envfile"
+	"github.com/redash-agent/redash-agent/internal/exitcode"
 	"github.com/redash-agent/redash-agent/internal/imds"
 	"github.com/redash-agent/redash-agent/internal/secrets"
 )
@@ -66,38 +67,67 @@ func (o Options) lockWait() time.Duration {
 type Agent struct {
 	o   Options
 	log *slog.Logger
+	// The remote services the agent reads, behind the calls it makes: New
+	// sets the real clients, unit tests fakes (tailscale's awsstore
+	// newStore(…, client) pattern).
+	remote remotes
 	// timings of this converge's steps, for the one-line boot summary.
 	timings []timing
 }
 
-// New returns an Agent.
-func New(o Options) *Agent {
+// instanceReader is the one IMDS call the agent makes.
+type instanceReader interface {
+	Instance(ctx context.Context) (imds.Instance, error)
+}
+
+// secretStore is the one call the agent makes to a secret provider.
+type secretStore interface {
+	Fetch(ctx context.Context, refs []secrets.Ref) (map[string]secrets.Secret, error)
+}
+
+var (
+	_ instanceReader = (*imds.Client)(nil)
+	_ secretStore    = (*secrets.Fetcher)(nil)
+	_ secretStore    = (*secrets.LocalStore)(nil)
+)
+
+// remotes builds the clients of the remote services. They are constructors,
+// not clients, because what they need is known only during a step: the
+// IMDS deadlines depend on whether anything is configured locally, and the
+// Secrets Manager client on the region the configuration resolves to.
+type remotes struct {
+	imds    func(imds.Options) instanceReader
+	secrets func(ctx context.Context, region string, log *slog.Logger) (secretStore, error)
+}
+
+// awsRemotes are the real IMDSv2 and Secrets Manager clients.
+func awsRemotes() remotes {
+	return remotes{
+		imds: func(o imds.Options) instanceReader { return imds.New(o) },
+		secrets: func(ctx context.Context, region string, log *slog.Logger) (secretStore, error) {
+			return secrets.NewAWS(ctx, region, log)
+		},
+	}
+}
+
+// New returns an Agent that talks to IMDS and Secrets Manager.
+func New(o Options) *Agent { return newAgent(o, awsRemotes()) }
+
+func newAgent(o Options, r remotes) *Agent {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
 	if o.StateDir == "" {
 		o.StateDir = DefaultStateDir
 	}
-	return &Agent{o: o, log: o.Logger}
-}
-
-// ConfigError marks an error caused by configuration: bad tags, a missing
-// secret or JSON key. The CLI exits 3 on it and systemd does not restart.
-type ConfigError struct{ Err error }
-
-func (e *ConfigError) Error() string { return e.Err.Error() }
-func (e *ConfigError) Unwrap() error { return e.Err }
-
-// IsConfigError reports whether err is a configuration error.
-func IsConfigError(err error) bool {
-	var ce *ConfigError
-	return errors.As(err, &ce)
+	return &Agent{o: o, log: o.Logger, remote: r}
 }
 
 // ErrNotConfigured means the instance carries no redash: tags and no
 // config.yaml settings: an Image Builder build or test instance. The agent
-// exits cleanly instead of blocking a boot it was not meant to configure.
-var ErrNotConfigured = errors.New("this instance has no redash: tags and no settings in the config file: nothing to do (tag the instance, e.g. redash:version, to configure Redash)")
+// exits cleanly (status 0) instead of blocking a boot it was not meant to
+// configure. Resolve adds what to do when the instance should run Redash.
+var ErrNotConfigured error = exitcode.New(exitcode.OK, "nothing to do: this instance has no redash: tags and no settings in the config file")
 
 // unconfiguredTagsGrace is how long a 404 on the tag listing is retried when
 // the tags are the only possible configuration. Tags given at launch are in
@@ -137,7 +167,7 @@ func (a *Agent) localLayers() (file config.Layer, present bool, flags config.Lay
 	}
 	file, present, err = config.LoadFile(path)
 	if err != nil {
-		return file, present, flags, &ConfigError{err}
+		return file, present, flags, err
 	}
 	flags = config.Layer{Source: config.SourceFlag, Origin: "flag --set", Values: map[string]string{}}
 	for k, v := range a.o.Set {
@@ -185,20 +215,24 @@ func (a *Agent) Resolve(ctx context.Context) (Resolved, error) {
 			if nothingLocal {
 				opts.TagsDeadline = unconfiguredTagsGrace
 			}
-			inst, err := imds.New(opts).Instance(ctx)
+			inst, err := a.remote.imds(opts).Instance(ctx)
 			if err != nil {
 				if errors.Is(err, imds.ErrTagsNotEnabled) {
 					if nothingLocal {
-						return fmt.Errorf("%w; instance metadata tags are not visible either: if this instance should run Redash, "+
-							"enable InstanceMetadataTags in its launch template's MetadataOptions", ErrNotConfigured)
+						// The imds error's own advice is left out: it is
+						// said once, here, for the case at hand.
+						return fmt.Errorf("%w (and its metadata tags are not visible): if this instance should run Redash, "+
+							"enable InstanceMetadataTags in its launch template's MetadataOptions and tag it", ErrNotConfigured)
 					}
-					return &ConfigError{fmt.Errorf("reading instance tags from IMDS: %w", err)}
+					// The config file says Redash should run here, and
+					// waiting longer will not make the tags appear.
+					return exitcode.ConfigError(fmt.Errorf("reading instance tags from IMDS: %w", err))
 				}
 				return fmt.Errorf("reading instance tags from IMDS: %w", err)
 			}
 			r.Tags = inst.Tags
 			if !config.HasRedashTags(inst.Tags) && nothingLocal {
-				return ErrNotConfigured
+				return fmt.Errorf("%w: to run Redash here, tag the instance (e.g. redash:version)", ErrNotConfigured)
 			}
 			layers = append(layers, config.FromTags(inst.Tags))
 			imdsRegion = inst.Region
@@ -206,7 +240,7 @@ func (a *Agent) Resolve(ctx context.Context) (Resolved, error) {
 		layers = append(layers, flags)
 		cfg, err := config.Resolve(layers...)
 		if err != nil {
-			return &ConfigError{err}
+			return err // a *config.Error: exit 3
 		}
 		if imdsRegion != "" {
 			cfg.Region = imdsRegion
@@ -217,7 +251,7 @@ func (a *Agent) Resolve(ctx context.Context) (Resolved, error) {
 			cfg.Origins["region"] = config.SourceEnv
 		}
 		if cfg.Provider == config.ProviderAWS && cfg.Region == "" {
-			return &ConfigError{errors.New("no AWS region: IMDS gave none and AWS_REGION is not set")}
+			return exitcode.ConfigError(errors.New("choosing the AWS region: IMDS gave none and AWS_REGION is not set: set AWS_REGION in the unit's environment"))
 		}
 		r.Config = cfg
 		return nil
@@ -234,27 +268,23 @@ func (a *Agent) FetchSecrets(ctx context.Context, cfg config.Config) (map[string
 			refs = append(refs, r)
 		}
 		sort.Slice(refs, func(i, j int) bool { return refs[i].Name < refs[j].Name })
-		var err error
+		var store secretStore
 		if cfg.Provider == config.ProviderLocal {
 			if err := os.MkdirAll(a.o.StateDir, 0o700); err != nil {
 				return fmt.Errorf("creating state directory %q: %w", a.o.StateDir, err)
 			}
-			store := &secrets.LocalStore{Path: a.localSecrets()}
-			got, err = store.Fetch(ctx, refs)
+			store = &secrets.LocalStore{Path: a.localSecrets()}
 		} else {
-			var f *secrets.Fetcher
-			f, err = secrets.NewAWS(ctx, cfg.Region, a.log)
-			if err == nil {
-				got, err = f.Fetch(ctx, refs)
+			var err error
+			if store, err = a.remote.secrets(ctx, cfg.Region, a.log); err != nil {
+				return err
 			}
 		}
-		if err != nil {
-			if secrets.IsConfigError(err) {
-				return &ConfigError{err}
-			}
-			return err
-		}
-		return nil
+		// A *secrets.Error carries its own exit status: 3 for a missing
+		// secret or key, 1 when Secrets Manager kept failing.
+		var err error
+		got, err = store.Fetch(ctx, refs)
+		return err
 	})
 	return got, err
 }
@@ -281,19 +311,21 @@ func (a *Agent) Render(ctx context.Context) (Rendered, error) {
 		return out, err
 	}
 	err = a.step(ctx, "render env file and compose file", func(ctx context.Context) error {
+		// desired, compose and envfile reject only what the configuration
+		// or the secrets' contents gave them: configuration errors.
 		st, err := desired.Build(res.Config, out.Secrets, a.o.Dir)
 		if err != nil {
-			return &ConfigError{err}
+			return exitcode.ConfigError(err)
 		}
 		out.State = st
 		if out.Project, err = compose.Project(st.Spec); err != nil {
-			return &ConfigError{fmt.Errorf("building the compose project: %w", err)}
+			return exitcode.ConfigError(fmt.Errorf("building the compose project: %w", err))
 		}
 		if out.Compose, err = compose.Marshal(out.Project); err != nil {
 			return fmt.Errorf("writing the compose project as YAML: %w", err)
 		}
 		if out.EnvFile, err = envfile.Render(st.Env); err != nil {
-			return &ConfigError{fmt.Errorf("rendering the env file: %w", err)}
+			return exitcode.ConfigError(fmt.Errorf("rendering the env file: %w", err))
 		}
 		return nil
 	})

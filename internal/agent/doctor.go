@@ -25,7 +25,9 @@ import (
 	"github.com/redash-agent/redash-agent/internal/doctor"
 	"github.com/redash-agent/redash-agent/internal/engine"
 	"github.com/redash-agent/redash-agent/internal/envfile"
+	"github.com/redash-agent/redash-agent/internal/exitcode"
 	"github.com/redash-agent/redash-agent/internal/imds"
+	"github.com/redash-agent/redash-agent/internal/secrets"
 )
 
 // minFreeBytes is the free space below which doctor warns: an image pull or
@@ -70,7 +72,7 @@ func (a *Agent) Doctor(ctx context.Context, offline bool) doctor.Report {
 	}
 	checks = append(checks,
 		doctor.Check{Name: "imds", Run: func(ctx context.Context) doctor.Result {
-			inst, err := imds.New(imds.Options{Deadline: 10 * time.Second, Logger: a.quietLogger()}).Instance(ctx)
+			inst, err := a.remote.imds(imds.Options{Deadline: 10 * time.Second, Logger: a.quietLogger()}).Instance(ctx)
 			if err != nil {
 				fix := "check the launch template's MetadataOptions: HttpEndpoint enabled, HttpTokens required, HttpPutResponseHopLimit 1"
 				if errors.Is(err, imds.ErrTagsNotEnabled) {
@@ -90,11 +92,7 @@ func (a *Agent) Doctor(ctx context.Context, offline bool) doctor.Report {
 			var err error
 			r, err = a.quiet().Render(ctx)
 			if err != nil {
-				fix := "see `redash-agent config` for each value and its source"
-				if strings.Contains(err.Error(), "GetSecretValue") || strings.Contains(err.Error(), "not found") {
-					fix = "create the secret or fix its redash:secret:<name> tag; the instance role needs secretsmanager:GetSecretValue on it"
-				}
-				return doctor.Result{Status: doctor.Fail, Detail: err.Error(), Fix: fix}
+				return doctor.Result{Status: doctor.Fail, Detail: err.Error(), Fix: renderFix(err)}
 			}
 			return doctor.Result{Status: doctor.OK, Detail: fmt.Sprintf("Redash %s, role %s, %d secrets fetched", r.Config.Version, r.Config.Role, len(r.Secrets))}
 		}},
@@ -115,6 +113,19 @@ func (a *Agent) Doctor(ctx context.Context, offline bool) doctor.Report {
 		}},
 	)
 	return doctor.Run(ctx, checks, 30*time.Second)
+}
+
+// renderFix is the fix line of the "configuration and secrets" check,
+// chosen by the error's type, never its text.
+func renderFix(err error) string {
+	if errors.Is(err, secrets.ErrNotFound) || errors.Is(err, secrets.ErrAccessDenied) {
+		return "create the secret or fix its redash:secret:<name> tag; the instance role needs secretsmanager:GetSecretValue on it"
+	}
+	var se *secrets.Error
+	if errors.As(err, &se) && exitcode.Of(err) == exitcode.Failure {
+		return "check that this instance reaches Secrets Manager (NAT gateway or VPC endpoint, security groups), then run doctor again"
+	}
+	return "see `redash-agent config` for each value and its source"
 }
 
 func (a *Agent) checkDisk() doctor.Result {

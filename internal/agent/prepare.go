@@ -13,6 +13,7 @@ import (
 	"github.com/redash-agent/redash-agent/internal/desired"
 	"github.com/redash-agent/redash-agent/internal/dirlock"
 	"github.com/redash-agent/redash-agent/internal/engine"
+	"github.com/redash-agent/redash-agent/internal/exitcode"
 	"github.com/redash-agent/redash-agent/internal/secrets"
 )
 
@@ -48,10 +49,7 @@ func (a *Agent) PrepareImage(ctx context.Context) ([]string, error) {
 			return err
 		}
 		cfg, err = config.Resolve(config.Defaults(), bakeLayer(file, flags), file, flags)
-		if err != nil {
-			return &ConfigError{err}
-		}
-		return nil
+		return err
 	})
 	if err != nil {
 		return nil, err
@@ -60,7 +58,7 @@ func (a *Agent) PrepareImage(ctx context.Context) ([]string, error) {
 	cfg.Role = config.RoleAll
 	st, err := desired.Build(cfg, placeholderSecrets(cfg), a.o.Dir)
 	if err != nil {
-		return nil, &ConfigError{err}
+		return nil, exitcode.ConfigError(err)
 	}
 	spec := st.Spec
 	if cfg.Provider == config.ProviderLocal {
@@ -68,7 +66,7 @@ func (a *Agent) PrepareImage(ctx context.Context) ([]string, error) {
 	}
 	proj, err := compose.Project(spec)
 	if err != nil {
-		return nil, &ConfigError{err}
+		return nil, exitcode.ConfigError(fmt.Errorf("building the compose project: %w", err))
 	}
 	dc, eng, err := a.docker()
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/redash-agent/redash-agent/internal/compose"
+	"github.com/redash-agent/redash-agent/internal/exitcode"
 	"github.com/redash-agent/redash-agent/internal/secrets"
 )
 
@@ -191,7 +192,11 @@ type Problem struct {
 }
 
 // Error lists every bad setting at once, so an operator fixes them in one go.
+// Retrying cannot fix it, so the CLI exits 3 on it (see ExitStatus).
 type Error struct{ Problems []Problem }
+
+// ExitStatus is exit 3: systemd does not restart the agent on a bad setting.
+func (e *Error) ExitStatus() int { return exitcode.Config }
 
 func (e *Error) Error() string {
 	var b strings.Builder

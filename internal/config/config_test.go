@@ -2,10 +2,13 @@ package config
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 
+	"github.com/redash-agent/redash-agent/internal/exitcode"
 	"github.com/redash-agent/redash-agent/internal/secrets"
 )
 
@@ -236,5 +239,28 @@ log-group:
 	}
 	if _, err := ParseFile([]byte("version: [1, 2]\n")); err == nil {
 		t.Error("list value accepted")
+	}
+}
+
+// TestErrorsAreConfigErrors: every way config rejects its input exits 3,
+// so systemd does not restart the agent on a mistake only a person fixes.
+func TestErrorsAreConfigErrors(t *testing.T) {
+	_, err := Resolve(Defaults(), Layer{Source: SourceTag, Values: map[string]string{"role": "db"}})
+	if got := exitcode.Of(err); got != exitcode.Config {
+		t.Errorf("Resolve: exit status %d, want %d: %v", got, exitcode.Config, err)
+	}
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(bad, []byte("env: [a, b\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := LoadFile(bad); exitcode.Of(err) != exitcode.Config || !strings.Contains(err.Error(), bad) {
+		t.Errorf("LoadFile of malformed YAML: %v (exit status %d), want a configuration error naming the file", err, exitcode.Of(err))
+	}
+	if _, _, err := LoadFile(dir); exitcode.Of(err) != exitcode.Config {
+		t.Errorf("LoadFile of a directory: %v (exit status %d), want a configuration error", err, exitcode.Of(err))
+	}
+	if _, present, err := LoadFile(filepath.Join(dir, "missing.yaml")); err != nil || present {
+		t.Errorf("LoadFile of a missing file: present=%v err=%v, want an empty layer", present, err)
 	}
 }

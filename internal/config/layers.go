@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/redash-agent/redash-agent/internal/exitcode"
 )
 
 // DefaultFile is where the packaged config.yaml lives.
@@ -42,19 +44,22 @@ func HasRedashTags(tags map[string]string) bool {
 //	  REDASH_FEATURE_EXTENDED_ALERT_OPTIONS: "true"
 //
 // A missing file is an empty layer (tags then carry everything); present
-// reports whether it existed.
+// reports whether it existed. An unreadable or malformed file is a
+// configuration error (exitcode.Config).
 func LoadFile(path string) (l Layer, present bool, err error) {
 	l = Layer{Source: SourceFile, Origin: path, Values: map[string]string{}}
 	data, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return l, false, nil
 	}
+	// Both failures are configuration errors (exit 3): a restart reads the
+	// same unreadable or malformed file again.
 	if err != nil {
-		return l, false, fmt.Errorf("reading config file %q: %w", path, err)
+		return l, false, exitcode.ConfigError(fmt.Errorf("reading config file %q: %w: check its permissions (the agent runs as root)", path, err))
 	}
 	l.Values, err = ParseFile(data)
 	if err != nil {
-		return l, true, fmt.Errorf("parsing config file %q: %w (it is YAML: key: value, keys as in the redash: tags without the prefix)", path, err)
+		return l, true, exitcode.ConfigError(fmt.Errorf("parsing config file %q: %w: it is YAML (key: value, keys as in the redash: tags without the prefix)", path, err))
 	}
 	return l, true, nil
 }

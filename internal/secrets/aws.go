@@ -126,7 +126,8 @@ func orDiscard(l *slog.Logger) *slog.Logger {
 // Fetch gets every ref in parallel, each distinct SecretID once even when
 // several refs point into one JSON secret, and returns them keyed by
 // Ref.Name with the VersionId they were read at. On failure it returns one
-// error naming every secret that failed (see IsConfigError) and no secrets.
+// error naming every secret that failed (exitcode.Of classifies it) and no
+// secrets.
 func (f *Fetcher) Fetch(ctx context.Context, refs []Ref) (map[string]Secret, error) {
 	log := orDiscard(f.Logger)
 	if err := validateRefs(refs); err != nil {
@@ -223,14 +224,18 @@ func (f *Fetcher) apiError(r Ref, err error) *Error {
 	)
 	switch {
 	case errors.As(err, &notFound):
-		return configErr(r, err, "not found%s: create it, or point tag %s at the right id", in, tagFor(r.Name))
+		e := configErr(r, err, "not found%s: create it, or point tag %s at the right id", in, tagFor(r.Name))
+		e.kind = ErrNotFound
+		return e
 	case errors.As(err, &decrypt):
 		return configErr(r, err, "cannot be decrypted%s (AWS: %s): grant the instance role kms:Decrypt on the secret's KMS key, allowed via Secrets Manager (condition kms:ViaService = secretsmanager.<region>.amazonaws.com)", in, decrypt.ErrorMessage())
 	case errors.As(err, &apiErr) && (apiErr.ErrorCode() == "AccessDeniedException" || apiErr.ErrorCode() == "AccessDenied"):
 		if strings.Contains(strings.ToLower(apiErr.ErrorMessage()), "kms") {
 			return configErr(r, err, "cannot be decrypted%s: access to its KMS key denied (AWS: %s): grant the instance role kms:Decrypt on that key, allowed via Secrets Manager", in, apiErr.ErrorMessage())
 		}
-		return configErr(r, err, "cannot be read%s: access denied (AWS: %s): grant the instance role secretsmanager:GetSecretValue on %q", in, apiErr.ErrorMessage(), r.SecretID)
+		e := configErr(r, err, "cannot be read%s: access denied (AWS: %s): grant the instance role secretsmanager:GetSecretValue on %q", in, apiErr.ErrorMessage(), r.SecretID)
+		e.kind = ErrAccessDenied
+		return e
 	case errors.As(err, &invalidReq):
 		// For GetSecretValue this means the secret is scheduled for deletion.
 		return configErr(r, err, "cannot be read%s (AWS: %s): restore it with `aws secretsmanager restore-secret`, or point tag %s at a live secret", in, invalidReq.ErrorMessage(), tagFor(r.Name))

@@ -75,7 +75,7 @@ func TestFetchFaults(t *testing.T) {
 		script    func(n int) reply
 		wantValue string   // on success
 		wantErr   []string // substrings, on failure
-		config    bool     // IsConfigError
+		config    bool     // exit status 3 (exitcode.Config)
 		calls     int
 		retries   int // "retrying" log lines
 	}{
@@ -149,8 +149,8 @@ func TestFetchFaults(t *testing.T) {
 						t.Errorf("error %q\ndoes not contain %q", err, w)
 					}
 				}
-				if IsConfigError(err) != tc.config {
-					t.Errorf("IsConfigError = %v, want %v for %q", !tc.config, tc.config, err)
+				if isConfigError(err) != tc.config {
+					t.Errorf("isConfigError = %v, want %v for %q", !tc.config, tc.config, err)
 				}
 			}
 			if c := srv.Calls(); c != tc.calls {
@@ -216,8 +216,8 @@ func TestIsConfigError(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := IsConfigError(tc.err); got != tc.want {
-				t.Errorf("IsConfigError(%v) = %v, want %v", tc.err, got, tc.want)
+			if got := isConfigError(tc.err); got != tc.want {
+				t.Errorf("isConfigError(%v) = %v, want %v", tc.err, got, tc.want)
 			}
 		})
 	}
@@ -239,7 +239,7 @@ func TestFetchRejectsBadRefs(t *testing.T) {
 			t.Errorf("error %v does not contain %q", err, w)
 		}
 	}
-	if !IsConfigError(err) {
-		t.Errorf("IsConfigError = false")
+	if !isConfigError(err) {
+		t.Errorf("isConfigError = false")
 	}
 }

@@ -181,8 +181,8 @@ func TestFetchMotoErrors(t *testing.T) {
 					t.Errorf("error %q\ndoes not contain %q", err, w)
 				}
 			}
-			if !IsConfigError(err) {
-				t.Errorf("IsConfigError(%q) = false, want true", err)
+			if !isConfigError(err) {
+				t.Errorf("isConfigError(%q) = false, want true", err)
 			}
 			if got != nil {
 				t.Errorf("got secrets %v alongside the error", got)

@@ -51,8 +51,8 @@ func TestParseDBSecret(t *testing.T) {
 				if strings.Contains(err.Error(), "Pw-Secret") {
 					t.Errorf("error leaks the secret: %q", err)
 				}
-				if !IsConfigError(err) {
-					t.Errorf("IsConfigError = false")
+				if !isConfigError(err) {
+					t.Errorf("isConfigError = false")
 				}
 				return
 			}

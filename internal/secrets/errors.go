@@ -1,8 +1,11 @@
 package secrets
 
 import (
+	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/redash-agent/redash-agent/internal/exitcode"
 )
 
 // Error is the failure to obtain one logical secret. Its text names the
@@ -17,39 +20,38 @@ type Error struct {
 	Config bool
 	msg    string
 	err    error // cause; may be nil
+	kind   error // ErrNotFound, ErrAccessDenied or nil, for Is
 }
 
 func (e *Error) Error() string { return e.msg }
 func (e *Error) Unwrap() error { return e.err }
 
-// ConfigError marks the error for IsConfigError. Other packages can make their
-// errors count as configuration errors by implementing the same method.
-func (e *Error) ConfigError() bool { return e.Config }
-
-// IsConfigError reports whether err is final and caused by configuration (a
-// secret not found, access denied, a missing JSON key, invalid JSON, an empty
-// value): the CLI exits 3 on it so systemd does not restart-loop. For an
-// errors.Join of several failures it is true when any of them is a
-// configuration error: a restart cannot succeed until that one is fixed.
-func IsConfigError(err error) bool {
-	if err == nil {
-		return false
+// ExitStatus makes the CLI exit 3 on a configuration error, so that systemd
+// does not restart-loop on something only a person can fix, and 1 (restart
+// and try again) on a transient one. For an errors.Join of several secrets'
+// failures exitcode.Of takes the highest: a restart cannot succeed until the
+// configuration error among them is fixed.
+func (e *Error) ExitStatus() int {
+	if e.Config {
+		return exitcode.Config
 	}
-	if c, ok := err.(interface{ ConfigError() bool }); ok && c.ConfigError() {
-		return true
-	}
-	switch u := err.(type) {
-	case interface{ Unwrap() []error }:
-		for _, e := range u.Unwrap() {
-			if IsConfigError(e) {
-				return true
-			}
-		}
-	case interface{ Unwrap() error }:
-		return IsConfigError(u.Unwrap())
-	}
-	return false
+	return exitcode.Failure
 }
+
+// Is lets a caller branch on why Secrets Manager refused (errors.Is with
+// ErrNotFound or ErrAccessDenied) without reading the message.
+func (e *Error) Is(target error) bool { return e.kind != nil && target == e.kind }
+
+// Reasons a secret could not be read that a caller branches on: doctor
+// points at the secret and the instance role for these. Match them with
+// errors.Is; the message of the *Error says which secret and what to do.
+var (
+	// ErrNotFound: no secret with that id exists in the region.
+	ErrNotFound = errors.New("secret not found")
+	// ErrAccessDenied: the instance role may not call
+	// secretsmanager:GetSecretValue on the secret.
+	ErrAccessDenied = errors.New("access to the secret denied")
+)
 
 // tagFor names the instance tag that points at the logical secret, so an
 // error can say which tag to fix.

@@ -147,8 +147,8 @@ func TestLocalStoreErrors(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("error = %v, want one containing %q", err, tc.want)
 			}
-			if !IsConfigError(err) {
-				t.Errorf("IsConfigError = false for %q", err)
+			if !isConfigError(err) {
+				t.Errorf("isConfigError = false for %q", err)
 			}
 			if strings.Contains(err.Error(), "Pq9Zk2") {
 				t.Errorf("error quotes the file's secret content: %q", err)
