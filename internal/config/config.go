@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -259,16 +260,11 @@ func knownKeyList() []string {
 	return ks
 }
 
-// build turns the merged map into a Config, collecting problems.
+// build turns the merged map into a Config, collecting problems. Each
+// concern reads its own keys; the order of the calls is the order problems
+// of one key are reported in (Resolve sorts by key, stably).
 func build(m map[string]string, where map[string]string) (Config, []Problem) {
-	var probs []Problem
-	bad := func(key, format string, args ...any) {
-		origin := where[key]
-		if origin == "" {
-			origin = "no tag, config file or flag sets it"
-		}
-		probs = append(probs, Problem{Key: key, Origin: origin, Msg: fmt.Sprintf(format, args...)})
-	}
+	b := &builder{m: m, where: where}
 	c := Config{
 		Provider:      m["provider"],
 		Project:       m["project"],
@@ -288,158 +284,213 @@ func build(m map[string]string, where map[string]string) (Config, []Problem) {
 		Env:           map[string]string{},
 		Workers:       map[string]int{},
 	}
+	b.names(c)
+	layout, layoutOK := b.versionAndImages(&c)
+	b.tuning(&c)
+	b.prefixed(&c, layout, layoutOK)
+	b.dbSecret(&c)
+	b.endpoints(c)
+	switch c.Provider {
+	case ProviderAWS:
+		b.awsSecrets(&c)
+	case ProviderLocal:
+		b.localSecrets(&c)
+	}
+	return c, b.probs
+}
 
+// builder carries the merged settings and the problems found so far.
+type builder struct {
+	m     map[string]string
+	where map[string]string
+	probs []Problem
+}
+
+// bad records a problem with key, naming the layer that set it.
+func (b *builder) bad(key, format string, args ...any) {
+	origin := b.where[key]
+	if origin == "" {
+		origin = "no tag, config file or flag sets it"
+	}
+	b.probs = append(b.probs, Problem{Key: key, Origin: origin, Msg: fmt.Sprintf(format, args...)})
+}
+
+// names checks the enumerations and the project name.
+func (b *builder) names(c Config) {
 	switch c.Provider {
 	case ProviderAWS, ProviderLocal:
 	default:
-		bad("provider", "%q is not a provider: use aws (tags and Secrets Manager) or local (config.yaml and generated secrets)", c.Provider)
+		b.bad("provider", "%q is not a provider: use aws (tags and Secrets Manager) or local (config.yaml and generated secrets)", c.Provider)
 	}
 	if !projectRE.MatchString(c.Project) {
-		bad("project", "%q is not a valid compose project name: use lowercase letters, digits, '-' and '_'", c.Project)
+		b.bad("project", "%q is not a valid compose project name: use lowercase letters, digits, '-' and '_'", c.Project)
 	}
 	switch c.Role {
 	case RoleAll, RoleWeb, RoleWorker:
 	default:
-		bad("role", "%q is not a role: use all, web (server and nginx) or worker (scheduler and workers)", c.Role)
+		b.bad("role", "%q is not a role: use all, web (server and nginx) or worker (scheduler and workers)", c.Role)
 	}
+}
 
-	var layout compose.Layout
-	layoutOK := false
+// versionAndImages picks the service layout for the version and defaults
+// the Redash image to it. ok is false when the version names no layout, so
+// that worker keys are not also reported against a layout that is unknown.
+func (b *builder) versionAndImages(c *Config) (layout compose.Layout, ok bool) {
 	if !versionRE.MatchString(c.Version) {
-		bad("version", "%q is not a Redash version tag: use one like 10.1.0.b50633 or 25.8.0", c.Version)
+		b.bad("version", "%q is not a Redash version tag: use one like 10.1.0.b50633 or 25.8.0", c.Version)
 	} else if l, err := compose.LayoutFor(c.Version); err != nil {
-		bad("version", "%v", err)
+		b.bad("version", "%v", err)
 	} else {
-		layout, layoutOK = l, true
+		layout, ok = l, true
 	}
 	if c.Image == "" {
 		c.Image = "redash/redash:" + c.Version
 	}
 	for _, k := range []string{"image", "nginx-image", "postgres-image", "redis-image"} {
-		if v, ok := m[k]; ok && (v == "" || strings.ContainsAny(v, " \t\n")) {
-			bad(k, "%q is not an image reference: use e.g. 123456789012.dkr.ecr.us-east-1.amazonaws.com/redash:10.1.0", v)
+		if v, set := b.m[k]; set && (v == "" || strings.ContainsAny(v, " \t\n")) {
+			b.bad(k, "%q is not an image reference: use e.g. 123456789012.dkr.ecr.us-east-1.amazonaws.com/redash:10.1.0", v)
 		}
 	}
+	return layout, ok
+}
 
+// tuning parses the booleans, ports, durations and counts.
+func (b *builder) tuning(c *Config) {
+	m := b.m
 	var err error
 	if c.Nginx, err = strconv.ParseBool(m["nginx"]); err != nil {
-		bad("nginx", "%q is not true or false", m["nginx"])
+		b.bad("nginx", "%q is not true or false", m["nginx"])
 	}
-	c.ServerPort = parsePort(m, "server-port", bad)
-	c.NginxPort = parsePort(m, "nginx-port", bad)
+	c.ServerPort = parsePort(m, "server-port", b.bad)
+	c.NginxPort = parsePort(m, "nginx-port", b.bad)
 	if c.Refresh, err = time.ParseDuration(m["refresh"]); err != nil || c.Refresh < 10*time.Second {
-		bad("refresh", "%q is not a duration of at least 10s, e.g. 5m", m["refresh"])
+		b.bad("refresh", "%q is not a duration of at least 10s, e.g. 5m", m["refresh"])
 	}
 	if v, ok := m["web-workers"]; ok {
-		c.WebWorkers = parseCount(v, "web-workers", bad)
+		c.WebWorkers = parseCount(v, "web-workers", b.bad)
 	}
 	if c.LogGroup != "" && !logGroupRE.MatchString(c.LogGroup) {
-		bad("log-group", "%q is not a CloudWatch Logs group name (letters, digits, . - _ / #)", c.LogGroup)
+		b.bad("log-group", "%q is not a CloudWatch Logs group name (letters, digits, . - _ / #)", c.LogGroup)
 	}
+}
 
+// prefixed reads the families with a name after the colon: env:<VAR>,
+// workers:<service> and secret:<name>.
+func (b *builder) prefixed(c *Config, layout compose.Layout, layoutOK bool) {
 	workerServices := map[string]bool{}
 	if layoutOK {
 		for _, s := range compose.WorkerServices(layout) {
 			workerServices[s] = true
 		}
 	}
-	for k, v := range m {
+	for k, v := range b.m {
 		switch {
 		case strings.HasPrefix(k, "env:"):
 			name := strings.TrimPrefix(k, "env:")
 			if !envNameRE.MatchString(name) {
-				bad(k, "%q is not an environment variable name", name)
+				b.bad(k, "%q is not an environment variable name", name)
 			} else if instead, owned := agentOwnedEnv[name]; owned {
-				bad(k, "%s is built by the agent; set %s instead", name, instead)
+				b.bad(k, "%s is built by the agent; set %s instead", name, instead)
 			} else {
 				c.Env[name] = v
 			}
 		case strings.HasPrefix(k, "workers:"):
 			svc := strings.TrimPrefix(k, "workers:")
 			if layoutOK && !workerServices[svc] {
-				bad(k, "%q is not a worker service of Redash %s: use one of %s", svc, c.Version, strings.Join(compose.WorkerServices(layout), ", "))
+				b.bad(k, "%q is not a worker service of Redash %s: use one of %s", svc, c.Version, strings.Join(compose.WorkerServices(layout), ", "))
 				continue
 			}
-			c.Workers[svc] = parseCount(v, k, bad)
+			c.Workers[svc] = parseCount(v, k, b.bad)
 		case strings.HasPrefix(k, "secret:"):
 			name := strings.TrimPrefix(k, "secret:")
-			if !contains(secretNames, name) {
-				bad(k, "%q is not a secret name: use one of %s", name, strings.Join(secretNames, ", "))
+			if !slices.Contains(secretNames, name) {
+				b.bad(k, "%q is not a secret name: use one of %s", name, strings.Join(secretNames, ", "))
 				continue
 			}
 			ref, err := secrets.ParseRef(name, v)
 			if err != nil {
-				bad(k, "%v", err)
+				b.bad(k, "%v", err)
 				continue
 			}
 			c.Secrets[name] = ref
 		}
 	}
+}
 
-	if v, ok := m["db-secret"]; ok {
-		ref, err := secrets.ParseRef(secrets.DBSecret, v)
-		if err != nil {
-			bad("db-secret", "%v", err)
-		} else {
-			c.Secrets[secrets.DBSecret] = ref
-		}
+// dbSecret reads the one RDS-shaped JSON secret, if set.
+func (b *builder) dbSecret(c *Config) {
+	v, ok := b.m["db-secret"]
+	if !ok {
+		return
 	}
+	ref, err := secrets.ParseRef(secrets.DBSecret, v)
+	if err != nil {
+		b.bad("db-secret", "%v", err)
+		return
+	}
+	c.Secrets[secrets.DBSecret] = ref
+}
 
+// endpoints checks the database and Redis addresses that are set; which
+// ones are required depends on the provider (awsSecrets).
+func (b *builder) endpoints(c Config) {
 	if c.DBEndpoint != "" {
 		if _, _, err := SplitHostPort(c.DBEndpoint); err != nil {
-			bad("db-endpoint", "%v", err)
+			b.bad("db-endpoint", "%v", err)
 		}
 	}
 	if c.RedisEndpoint != "" {
 		if _, _, err := SplitHostPort(c.RedisEndpoint); err != nil {
-			bad("redis-endpoint", "%v", err)
+			b.bad("redis-endpoint", "%v", err)
 		}
 	}
 	if c.RedisEndpoint != "" && c.RedisURL != "" {
-		bad("redis-url", "both redash:redis-endpoint and redash:redis-url are set: keep one")
+		b.bad("redis-url", "both redash:redis-endpoint and redash:redis-url are set: keep one")
 	}
 	if c.RedisURL != "" && !strings.HasPrefix(c.RedisURL, "redis://") && !strings.HasPrefix(c.RedisURL, "rediss://") {
-		bad("redis-url", "%q must start with redis:// or rediss://", c.RedisURL)
+		b.bad("redis-url", "%q must start with redis:// or rediss://", c.RedisURL)
 	}
+}
 
-	if c.Provider == ProviderAWS {
-		// The seed's secrets, below the prefix, unless overridden one by one.
-		if !strings.HasSuffix(c.SecretsPrefix, "/") && c.SecretsPrefix != "" {
-			// "Redash" and "Redash/" both mean the seed layout; a prefix is a path.
-			c.SecretsPrefix += "/"
-		}
-		for name, path := range seedSecretPaths {
-			if _, set := c.Secrets[name]; set {
-				continue
-			}
-			if c.UsesDBSecret() && (name == secrets.DBUser || name == secrets.DBPassword) {
-				continue // taken from the RDS-shaped JSON secret
-			}
-			c.Secrets[name] = secrets.Ref{Name: name, SecretID: c.SecretsPrefix + path}
-		}
-		if c.DBEndpoint == "" && !c.UsesDBSecret() {
-			bad("db-endpoint", "no database endpoint: tag the instance with redash:db-endpoint=<aurora-writer-endpoint>:5432, or redash:db-secret=<RDS-managed secret>")
-		}
-		if c.RedisEndpoint == "" && c.RedisURL == "" {
-			bad("redis-endpoint", "no Redis endpoint: tag the instance with redash:redis-endpoint=<elasticache-primary-endpoint>:6379 or redash:redis-url=rediss://...")
-		}
+// awsSecrets fills in the seed's secrets below the prefix, unless
+// overridden one by one, and requires the endpoints AWS has no default for.
+func (b *builder) awsSecrets(c *Config) {
+	if !strings.HasSuffix(c.SecretsPrefix, "/") && c.SecretsPrefix != "" {
+		// "Redash" and "Redash/" both mean the seed layout; a prefix is a path.
+		c.SecretsPrefix += "/"
 	}
-	if c.Provider == ProviderLocal {
-		// Generated once and kept under the state directory; an operator
-		// may write db-user/db-password there for an external database.
-		c.Secrets = map[string]secrets.Ref{}
-		names := []string{secrets.DBPassword, secrets.CookieSecret, secrets.SecretKey}
-		if c.DBEndpoint != "" {
-			names = append(names, secrets.DBUser)
+	for name, path := range seedSecretPaths {
+		if _, set := c.Secrets[name]; set {
+			continue
 		}
-		for _, n := range names {
-			c.Secrets[n] = secrets.Ref{Name: n, SecretID: "local:" + n}
+		if c.UsesDBSecret() && (name == secrets.DBUser || name == secrets.DBPassword) {
+			continue // taken from the RDS-shaped JSON secret
 		}
-		if _, set := m["db-secret"]; set {
-			bad("db-secret", "provider local keeps its secrets under the state directory; remove redash:db-secret or use provider aws")
-		}
+		c.Secrets[name] = secrets.Ref{Name: name, SecretID: c.SecretsPrefix + path}
 	}
-	return c, probs
+	if c.DBEndpoint == "" && !c.UsesDBSecret() {
+		b.bad("db-endpoint", "no database endpoint: tag the instance with redash:db-endpoint=<aurora-writer-endpoint>:5432, or redash:db-secret=<RDS-managed secret>")
+	}
+	if c.RedisEndpoint == "" && c.RedisURL == "" {
+		b.bad("redis-endpoint", "no Redis endpoint: tag the instance with redash:redis-endpoint=<elasticache-primary-endpoint>:6379 or redash:redis-url=rediss://...")
+	}
+}
+
+// localSecrets replaces every reference with one to a secret generated once
+// and kept under the state directory; an operator may write
+// db-user/db-password there for an external database.
+func (b *builder) localSecrets(c *Config) {
+	c.Secrets = map[string]secrets.Ref{}
+	names := []string{secrets.DBPassword, secrets.CookieSecret, secrets.SecretKey}
+	if c.DBEndpoint != "" {
+		names = append(names, secrets.DBUser)
+	}
+	for _, n := range names {
+		c.Secrets[n] = secrets.Ref{Name: n, SecretID: "local:" + n}
+	}
+	if _, set := b.m["db-secret"]; set {
+		b.bad("db-secret", "provider local keeps its secrets under the state directory; remove redash:db-secret or use provider aws")
+	}
 }
 
 func parsePort(m map[string]string, key string, bad func(string, string, ...any)) int {
@@ -471,13 +522,4 @@ func SplitHostPort(s string) (string, int, error) {
 		return "", 0, fmt.Errorf("%q has no valid port (1-65535)", s)
 	}
 	return host, port, nil
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
