@@ -2,7 +2,8 @@
 // and writes it as YAML (/opt/redash/docker-compose.yml). The project is the
 // one the engine converges; the file is for people and for `docker compose`.
 //
-// It is pure: no I/O, except that Load parses the bytes it is given. The
+// It is pure: no I/O. (The tests read the file back with compose-go's loader,
+// as `docker compose` would; see load_test.go.) The
 // project never holds a secret: every Redash service reads the secrets and
 // connection URLs from the env file (env_file: ./env), and `environment`
 // carries only the layout's non-secret knobs (QUEUES, WORKERS_COUNT,

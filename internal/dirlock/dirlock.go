@@ -136,12 +136,6 @@ func (l *Lock) Release() error {
 	return nil
 }
 
-// ReadHolder reports who holds (or last held) the lock on dir, for `status`
-// and `doctor`. It does not take the lock. A zero Holder means no note.
-func ReadHolder(dir string) (Holder, error) {
-	return readHolder(filepath.Join(dir, FileName))
-}
-
 func readHolder(path string) (Holder, error) {
 	var h Holder
 	data, err := os.ReadFile(path)

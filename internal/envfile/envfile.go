@@ -1,9 +1,8 @@
 // Package envfile owns the dialect of /opt/redash/env: it renders an
 // environment map to bytes, parses those bytes back with a strict parser of
-// exactly that dialect (for doctor and tests), and writes the file. Render
-// and Parse are pure; Write's only side effect is replacing one file
-// atomically at mode 0600 (via atomicfile), and only when its content or mode
-// differs.
+// exactly that dialect (for doctor and tests). Both are pure: the agent
+// writes the rendered bytes itself, atomically at mode 0600 through
+// atomicfile, and only when the content or mode differs.
 //
 // # Dialect
 //
@@ -50,8 +49,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-
-	"github.com/redash-agent/redash-agent/internal/atomicfile"
 )
 
 // Header is the first line of every rendered file. It names the dialect so a
@@ -195,18 +192,6 @@ func unquote(dst, s []byte) ([]byte, error) {
 		}
 	}
 	return dst, nil
-}
-
-// Write renders env and replaces path with it at mode 0600, atomically. When
-// path already holds exactly that content at mode 0600 it is left alone and
-// changed is false, so callers recreate containers only on real changes. On
-// error nothing is written.
-func Write(path string, env map[string]string) (changed bool, err error) {
-	data, err := Render(env)
-	if err != nil {
-		return false, fmt.Errorf("writing %q: %w", path, err)
-	}
-	return atomicfile.WriteFile(path, data, 0o600)
 }
 
 // validKey reports whether k is a portable environment variable name. The

@@ -60,15 +60,6 @@ func New(logger *slog.Logger) *Notifier {
 // runs as a Type=notify systemd unit.
 func (n *Notifier) Enabled() bool { return n != nil && n.socket != "" }
 
-// WatchdogInterval is the unit's WatchdogSec (0 when none); StartWatchdog
-// pings at half of it.
-func (n *Notifier) WatchdogInterval() time.Duration {
-	if n == nil {
-		return 0
-	}
-	return n.watchdog
-}
-
 // Status sets the one-line STATUS= that `systemctl status redash-agent` shows,
 // so an operator sees which boot step the agent is in. It must never contain a
 // secret: the status is world-readable over D-Bus.
