@@ -1,7 +1,7 @@
 // Package logging builds the agent's slog logger. Under systemd (stderr is
-// the journal, JOURNAL_STREAM says so) records go to the journal natively,
-// each attribute as its own field (STEP=, SERVICE=, SECRET_ID=, ...), so an
-// operator can filter with `journalctl -u redash-agent STEP="fetch secrets"`.
+// the journal's stream, as go-systemd's StderrIsJournalStream tells) records
+// go to the journal natively, each attribute as its own field (STEP=,
+// SERVICE=, SECRET_ID=, ...), so an operator can filter with `journalctl -u redash-agent STEP="fetch secrets"`.
 // Elsewhere it writes text or JSON lines to stderr.
 package logging
 
@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"strings"
 	"sync"
 
@@ -22,7 +21,10 @@ import (
 func New(w io.Writer, format string) *slog.Logger {
 	if format == "" {
 		format = "text"
-		if os.Getenv("JOURNAL_STREAM") != "" && journal.Enabled() {
+		// go-systemd compares stderr's device and inode with JOURNAL_STREAM,
+		// so a child that inherited the variable but writes elsewhere (a
+		// pipe, a file) keeps text. A malformed variable also means text.
+		if toJournal, err := journal.StderrIsJournalStream(); err == nil && toJournal && journal.Enabled() {
 			format = "journal"
 		}
 	}
@@ -30,7 +32,7 @@ func New(w io.Writer, format string) *slog.Logger {
 	case "json":
 		return slog.New(slog.NewJSONHandler(w, nil))
 	case "journal":
-		return slog.New(&JournalHandler{send: journal.Send, level: slog.LevelInfo})
+		return slog.New(&JournalHandler{send: journal.Send, level: slog.LevelInfo, mu: new(sync.Mutex)})
 	default:
 		return slog.New(slog.NewTextHandler(w, nil))
 	}
@@ -38,38 +40,45 @@ func New(w io.Writer, format string) *slog.Logger {
 
 // JournalHandler sends records to the systemd journal with one field per
 // attribute. Values go through slog's LogValuer, so secrets.Value redacts.
+//
+// Groups follow slog.Handler's contract: WithGroup qualifies the attributes
+// added after it (by With or in a record), not those added before, and a
+// group attribute contributes its members. A qualified key is written
+// "group.key" on the message line, as slog's text handler does, and
+// GROUP_KEY as a journal field, the journal's only separator.
 type JournalHandler struct {
-	send   func(message string, priority journal.Priority, vars map[string]string) error
-	level  slog.Level
-	attrs  []slog.Attr
+	send  func(message string, priority journal.Priority, vars map[string]string) error
+	level slog.Level
+	// pre are the attributes from WithAttrs, resolved and qualified by
+	// the groups open when they were added.
+	pre []field
+	// groups are the groups open now; they qualify later attributes.
 	groups []string
-	mu     sync.Mutex
+	// mu is shared by a handler and its With/WithGroup clones, so one
+	// record's send never interleaves with another's.
+	mu *sync.Mutex
 }
 
-// NewJournalHandler is for tests: send receives every record.
-func NewJournalHandler(send func(string, journal.Priority, map[string]string) error) *JournalHandler {
-	return &JournalHandler{send: send, level: slog.LevelInfo}
+// field is one attribute flattened to its qualified key.
+type field struct {
+	path []string // groups, then the attribute's key
+	val  string
 }
 
 func (h *JournalHandler) Enabled(_ context.Context, l slog.Level) bool { return l >= h.level }
 
 func (h *JournalHandler) Handle(_ context.Context, r slog.Record) error {
+	fields := append([]field{}, h.pre...)
+	r.Attrs(func(a slog.Attr) bool {
+		fields = appendAttr(fields, h.groups, a)
+		return true
+	})
 	vars := map[string]string{"SYSLOG_IDENTIFIER": "redash-agent"}
 	var text []string
-	add := func(a slog.Attr) {
-		a.Value = a.Value.Resolve()
-		if a.Equal(slog.Attr{}) {
-			return
-		}
-		key := fieldName(append(append([]string{}, h.groups...), a.Key))
-		val := a.Value.String()
-		vars[key] = val
-		text = append(text, a.Key+"="+quoteIfNeeded(val))
+	for _, f := range fields {
+		vars[fieldName(f.path)] = f.val
+		text = append(text, strings.Join(f.path, ".")+"="+quoteIfNeeded(f.val))
 	}
-	for _, a := range h.attrs {
-		add(a)
-	}
-	r.Attrs(func(a slog.Attr) bool { add(a); return true })
 	msg := r.Message
 	if len(text) > 0 {
 		// The message line carries the fields too, for `journalctl` without -o verbose.
@@ -81,15 +90,43 @@ func (h *JournalHandler) Handle(_ context.Context, r slog.Record) error {
 }
 
 func (h *JournalHandler) WithAttrs(as []slog.Attr) slog.Handler {
-	n := &JournalHandler{send: h.send, level: h.level, groups: h.groups}
-	n.attrs = append(append([]slog.Attr{}, h.attrs...), as...)
-	return n
+	if len(as) == 0 {
+		return h
+	}
+	n := *h
+	n.pre = append([]field{}, h.pre...)
+	for _, a := range as {
+		n.pre = appendAttr(n.pre, h.groups, a)
+	}
+	return &n
 }
 
 func (h *JournalHandler) WithGroup(name string) slog.Handler {
-	n := &JournalHandler{send: h.send, level: h.level, attrs: h.attrs}
+	if name == "" {
+		return h
+	}
+	n := *h
 	n.groups = append(append([]string{}, h.groups...), name)
-	return n
+	return &n
+}
+
+// appendAttr flattens a under the groups: an empty attribute and an empty
+// group add nothing, and a group without a key is inlined.
+func appendAttr(fs []field, groups []string, a slog.Attr) []field {
+	a.Value = a.Value.Resolve()
+	if a.Equal(slog.Attr{}) {
+		return fs
+	}
+	if a.Value.Kind() == slog.KindGroup {
+		if a.Key != "" {
+			groups = append(append([]string{}, groups...), a.Key)
+		}
+		for _, m := range a.Value.Group() {
+			fs = appendAttr(fs, groups, m)
+		}
+		return fs
+	}
+	return append(fs, field{path: append(append([]string{}, groups...), a.Key), val: a.Value.String()})
 }
 
 // fieldName maps "secret id" / "secret_id" / "secretID" style keys to
