@@ -37,7 +37,7 @@ func TestConfigAsShippedSetsNothing(t *testing.T) {
 
 // TestConfigDocumentsEveryKey uncomments every example and checks that the
 // agent's own parser accepts them, that each is a key it knows, and that
-// DESIGN.md's tag table is covered.
+// the tag table of docs/design.md is covered.
 func TestConfigDocumentsEveryKey(t *testing.T) {
 	got, err := config.ParseFile([]byte(uncomment(readFile(t, "config.yaml"))))
 	if err != nil {
@@ -53,7 +53,7 @@ func TestConfigDocumentsEveryKey(t *testing.T) {
 	sort.Strings(keys)
 	t.Logf("documented keys: %s", strings.Join(keys, " "))
 
-	// The tag table of DESIGN.md; prefixed families need one example each.
+	// The tag table of docs/design.md; prefixed families need one example each.
 	design := []string{
 		"version", "image", "role", "secrets-prefix", "db-secret", "db-endpoint", "db-name",
 		"redis-endpoint", "redis-url", "web-workers", "log-group", "nginx",
@@ -65,7 +65,7 @@ func TestConfigDocumentsEveryKey(t *testing.T) {
 			return k == want || strings.HasSuffix(want, ":") && strings.HasPrefix(k, want)
 		})
 		if !ok {
-			t.Errorf("config.yaml does not document redash:%s from DESIGN.md's tag table", want)
+			t.Errorf("config.yaml does not document redash:%s from the tag table of docs/design.md", want)
 		}
 	}
 }

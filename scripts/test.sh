@@ -3,7 +3,7 @@
 #
 # It installs and starts the real peers the tests use (all on this machine:
 # nothing is pulled from a container registry), then runs every Go test.
-#   - ec2-metadata-mock v1.13.0 and nfpm v2.45.2 (Go module proxy)
+#   - ec2-metadata-mock v1.13.0, nfpm v2.45.2 and staticcheck v0.8.2 (Go module proxy)
 #   - redis-server, lintian, debootstrap, time (Debian packages)
 #   - PostgreSQL 15, reachable from Docker bridge networks (scripts/ci-postgres.sh)
 #   - moto_server, the aws cli, jq, docker-compose 1.29, cfn-lint: expected preinstalled
@@ -41,11 +41,19 @@ if ! command -v nfpm >/dev/null; then
   go install github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.2
 fi
 
+if ! command -v staticcheck >/dev/null; then
+  log "installing staticcheck v0.8.2"
+  go install honnef.co/go/tools/cmd/staticcheck@v0.8.2
+fi
+
 log "starting PostgreSQL for the migration tests"
 bash scripts/ci-postgres.sh
 
 log "go vet"
 go vet ./...
+
+log "staticcheck"
+staticcheck ./...
 
 log "go test"
 # Packages that use Docker name their projects uniquely, so they may run in parallel.

@@ -1,4 +1,4 @@
-// Package agent is the boot pipeline of DESIGN.md, top to bottom:
+// Package agent is the boot pipeline of docs/design.md, top to bottom:
 //
 //	imds tags -> config.Resolve -> secrets.Fetch -> envfile/compose render -> atomic write
 //	  -> migrate (lock) -> engine.Observe -> engine.Plan -> engine.Apply -> wait healthy -> sd_notify

@@ -171,7 +171,7 @@ func writeHolder(path string, h Holder) error {
 }
 
 // commandLine is this process's argv for the note. The agent never takes a
-// secret in argv (DESIGN.md), so recording it leaks nothing.
+// secret in argv (docs/design.md), so recording it leaks nothing.
 func commandLine() string {
 	args := append([]string{filepath.Base(os.Args[0])}, os.Args[1:]...)
 	s := strings.Join(args, " ")

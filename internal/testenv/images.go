@@ -184,9 +184,11 @@ func compileFakeredash() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	// `go test` puts its own GOROOT/bin first on the PATH of the tests it
+	// runs, so the go command that builds the tests builds fakeredash too.
 	goBin, err := exec.LookPath("go")
 	if err != nil {
-		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
+		return nil, fmt.Errorf("finding the go command to compile ./test/fakeredash: %w; put go on PATH", err)
 	}
 	dir, err := os.MkdirTemp("", "fakeredash-build-")
 	if err != nil {
