@@ -53,7 +53,13 @@ func prepareImageCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			images, err := a.PrepareImage(c.Context())
+			// PrepareImage deletes the lock file last (an image must carry
+			// none); the lock itself is released when the command returns.
+			var images []string
+			err = locked(c.Context(), a, func() error {
+				images, err = a.PrepareImage(c.Context())
+				return err
+			})
 			if err != nil {
 				return err
 			}

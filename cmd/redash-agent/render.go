@@ -43,7 +43,12 @@ func renderCmd(g *globals) *cobra.Command {
 			if dryRun {
 				return printDryRun(out, g.dir, r)
 			}
-			ch, err := a.Write(c.Context(), r)
+			// Rendering only reads, like Up's; the lock guards the write.
+			var ch agent.Changes
+			err = locked(c.Context(), a, func() error {
+				ch, err = a.Write(c.Context(), r)
+				return err
+			})
 			if err != nil {
 				return err
 			}

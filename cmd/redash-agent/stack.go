@@ -53,7 +53,7 @@ func downCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return a.Down(c.Context(), remove)
+			return locked(c.Context(), a, func() error { return a.Down(c.Context(), remove) })
 		},
 	}
 	c.Flags().BoolVar(&remove, "remove", false, "remove the containers and the project network too")
@@ -109,7 +109,11 @@ func migrateCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			res, err := a.MigrateOnly(c.Context())
+			var res migrate.Result
+			err = locked(c.Context(), a, func() error {
+				res, err = a.MigrateOnly(c.Context())
+				return err
+			})
 			if err != nil {
 				return err
 			}

@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -121,12 +122,15 @@ func (l *Lock) Path() string { return l.path }
 
 // Release clears the holder note and drops the lock. The file stays: deleting
 // it would let a waiter that already opened the old inode lock a file nobody
-// else sees, and two runs would proceed at once.
+// else sees, and two runs would proceed at once. The one exception is
+// `prepare-image`, which deletes it while holding the lock so that no lock
+// file is baked into an AMI (an image build has no other agent to race);
+// then there is no note left to clear.
 func (l *Lock) Release() error {
 	if l == nil || l.fl == nil {
 		return nil
 	}
-	if err := os.Truncate(l.path, 0); err != nil {
+	if err := os.Truncate(l.path, 0); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		l.logger.Warn("clearing the lock holder note", "path", l.path, "err", err)
 	}
 	if err := l.fl.Unlock(); err != nil {

@@ -252,3 +252,27 @@ func TestContextCancelEndsTheWait(t *testing.T) {
 		t.Fatalf("returned after %v, want soon after the context ended", took)
 	}
 }
+
+// TestReleaseAfterTheFileWasRemoved: prepare-image deletes the lock file
+// while it holds the lock (no lock may be baked into an AMI); Release then
+// has no note to clear, and says nothing about it.
+func TestReleaseAfterTheFileWasRemoved(t *testing.T) {
+	dir := t.TempDir()
+	var logs strings.Builder
+	l, err := Acquire(context.Background(), dir, time.Second, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(dir, FileName)); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Release(); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+	if strings.Contains(logs.String(), "WARN") {
+		t.Errorf("Release warned about the removed file:\n%s", logs.String())
+	}
+	if _, err := os.Stat(filepath.Join(dir, FileName)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("lock file after Release: %v, want it still gone", err)
+	}
+}
