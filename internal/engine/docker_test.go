@@ -110,7 +110,7 @@ func stackProject(name, image string, serverPort, nginxPort int) *types.Project 
 	server.Environment = types.MappingWithEquals{"REDASH_WEB_WORKERS": strp("2")}
 	server.Ports = []types.ServicePortConfig{{Target: 5000, Published: fmt.Sprint(serverPort), HostIP: "127.0.0.1", Protocol: "tcp"}}
 	nginx := types.ServiceConfig{ContainerSpec: types.ContainerSpec{Image: imageNginx, Command: []string{"nginx"}}}
-	nginx.DependsOn = types.DependsOnConfig{"server": {Condition: types.ServiceConditionStarted, Required: true, Restart: true}}
+	nginx.DependsOn = types.DependsOnConfig{"server": {Condition: types.ServiceConditionStarted, Required: true}}
 	nginx.Ports = []types.ServicePortConfig{{Target: 80, Published: fmt.Sprint(nginxPort), HostIP: "127.0.0.1", Protocol: "tcp"}}
 	return &types.Project{Name: name, Services: types.Services{
 		"server": server, "scheduler": svc("scheduler"), "worker": svc("worker"), "nginx": nginx,

@@ -170,7 +170,7 @@ func (e *Engine) Version(ctx context.Context) (version, apiVersion, host string,
 	defer cancel()
 	v, err := e.Docker.ServerVersion(cctx)
 	if err != nil {
-		return "", "", e.Docker.DaemonHost(), fmt.Errorf("asking the docker engine at %q for its version: %w: start it (sudo systemctl start docker) or check DOCKER_HOST", e.Docker.DaemonHost(), err)
+		return "", "", e.Docker.DaemonHost(), fmt.Errorf("asking the docker engine at %q for its version: %w", e.Docker.DaemonHost(), err)
 	}
 	return v.Version, v.APIVersion, e.Docker.DaemonHost(), nil
 }

@@ -333,9 +333,9 @@ func ComputePlan(d Desired, o Observed) Plan {
 		case ActKeep:
 			a.Kind, a.ID = ActKeep, c.ID
 			if causes, after := restartCauses(svc, started); len(causes) > 0 && c.State == "running" {
-				// A dependency marked restart (nginx's server) is started
-				// anew: its address may have changed, and the dependent
-				// resolved it once, at its own start.
+				// A dependency (nginx's server) is started anew: its
+				// address may have changed, and the dependent resolved it
+				// once, at its own start.
 				a.Kind, a.Reason, a.After = ActRestart, strings.Join(causes, ", "), after
 				started[name] = add(a)
 				continue
@@ -397,11 +397,16 @@ func decide(a Action, c Container, exists bool, o Observed, pulled bool) (Action
 	return ActCreate, "state " + c.State
 }
 
-// restartCauses names the dependencies marked `restart: true` that the plan
-// starts, and their start actions.
+// restartCauses names the dependencies the plan starts anew, and their
+// start actions. Every depends_on counts as compose's `restart: true`: the
+// compose file cannot say it (docker-compose 1.29's schema rejects the
+// key), and the one dependency of the layouts whose address a dependent
+// keeps is nginx's on the server (it resolves `redash` at start). For
+// provider local's postgres and redis, restarting the Redash services after
+// their database was replaced only clears stale connections.
 func restartCauses(svc types.ServiceConfig, started map[string]int) (causes []string, after []int) {
 	for _, dep := range slices.Sorted(maps.Keys(svc.DependsOn)) {
-		if i, ok := started[dep]; ok && svc.DependsOn[dep].Restart {
+		if i, ok := started[dep]; ok {
 			causes = append(causes, dep+" started anew")
 			after = append(after, i)
 		}

@@ -22,8 +22,8 @@ func testProject(name, image string, serverPort string) *types.Project {
 		server.Ports = []types.ServicePortConfig{{Target: 5000, Published: serverPort, HostIP: "127.0.0.1", Protocol: "tcp"}}
 	}
 	nginx := types.ServiceConfig{ContainerSpec: types.ContainerSpec{Image: image, Command: []string{"nginx"}}}
-	// As the compose package writes it: nginx resolves the server at start.
-	nginx.DependsOn = types.DependsOnConfig{"server": {Condition: types.ServiceConditionStarted, Required: true, Restart: true}}
+	// As the compose package writes it: nginx starts after the server.
+	nginx.DependsOn = types.DependsOnConfig{"server": {Condition: types.ServiceConditionStarted, Required: true}}
 	return &types.Project{Name: name, Services: types.Services{
 		"server":    server,
 		"scheduler": svc("scheduler"),
