@@ -8,7 +8,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
 )
 
 // Notifier is the part of systemd's notify protocol `run` uses; a no-op off systemd.
