@@ -47,7 +47,7 @@ const (
 )
 
 // RunOneOff runs o to completion on the project network (created when
-// missing, like the stack's) and returns its exit code and the tail of its
+// missing, like the stack's, under the project lock) and returns its exit code and the tail of its
 // combined output. The container is removed afterwards, also when ctx ends
 // first (it is killed then). One-offs left behind by a killed run are
 // removed first.
@@ -55,7 +55,15 @@ func (e *Engine) RunOneOff(ctx context.Context, o OneOff) (int, string, error) {
 	if !validProjectName(o.Project) {
 		return -1, "", fmt.Errorf("running a one-off of project %q: not a compose project name: use lowercase letters, digits, '-' and '_'", o.Project)
 	}
+	// Under the project lock, like Apply's network creation: Docker before
+	// API 1.44 may make two networks of one name when asked at once, and a
+	// container started while both exist fails as "ambiguous".
+	unlock, err := e.lock(ctx, o.Project)
+	if err != nil {
+		return -1, "", err
+	}
 	netID, err := e.ensureNetwork(ctx, o.Project)
+	unlock()
 	if err != nil {
 		return -1, "", err
 	}
