@@ -87,9 +87,9 @@ type Desired struct {
 	HashKey []byte
 }
 
-// ServerService is the service that answers /ping and starts first; the
-// others wait for it. A project without it (role "worker") only waits for
-// its containers to run.
+// ServerService is the service that answers /ping, which the readiness wait
+// polls; it comes first in a plan's service order. A project without it
+// (role "worker") only waits for its containers to run.
 const ServerService = "server"
 
 // serverAlias is the extra network alias of the server: the redash/nginx
