@@ -117,7 +117,7 @@ func (e *Engine) run(ctx context.Context, d Desired, st *applyState, n int, a Ac
 		err = e.pull(ctx, a.Image)
 	case ActCreateNetwork:
 		var id string
-		if id, err = e.ensureNetwork(ctx, d.Project.Name); err == nil {
+		if id, err = e.ensureNetwork(ctx, d.Project.Name, true); err == nil {
 			st.set(func() { st.netID = id })
 		}
 	case ActStop:
@@ -311,14 +311,21 @@ func (e *Engine) resolveConflict(ctx context.Context, a Action, s spec) (string,
 // networks of one name. Every run then picks the oldest, which no later
 // create can displace, attaches by ID (a name would be "ambiguous") and
 // removes the younger ones, which nobody attached to.
-func (e *Engine) ensureNetwork(ctx context.Context, project string) (string, error) {
+//
+// missing says the plan observed no network: the create is tried first (a
+// conflict means it is there after all), saving a listing on a cold start.
+func (e *Engine) ensureNetwork(ctx context.Context, project string, missing bool) (string, error) {
 	name := networkName(project)
-	nets, err := e.exactNetworks(ctx, name)
-	if err != nil {
-		return "", err
+	var nets []network.Summary
+	if !missing {
+		var err error
+		if nets, err = e.exactNetworks(ctx, name); err != nil {
+			return "", err
+		}
 	}
 	if len(nets) == 0 {
-		if err := e.createNetwork(ctx, project); err != nil {
+		var err error
+		if err = e.createNetwork(ctx, project); err != nil {
 			return "", err
 		}
 		if nets, err = e.exactNetworks(ctx, name); err != nil {

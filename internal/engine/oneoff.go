@@ -62,7 +62,7 @@ func (e *Engine) RunOneOff(ctx context.Context, o OneOff) (int, string, error) {
 	if err != nil {
 		return -1, "", err
 	}
-	netID, err := e.ensureNetwork(ctx, o.Project)
+	netID, err := e.ensureNetwork(ctx, o.Project, false)
 	unlock()
 	if err != nil {
 		return -1, "", err

@@ -39,6 +39,10 @@ func (e *Engine) waitFor(ctx context.Context, d Desired, services []string) erro
 	httpc := &http.Client{Timeout: 2 * time.Second}
 	for {
 		var pending []string
+		// The next poll comes at pollEvery, or sooner when a container
+		// becomes stable sooner: the last one started sets the pace of a
+		// cold start.
+		next := pollEvery
 		for _, name := range services {
 			cname := containerName(project, name)
 			cctx, ccancel := e.call(ctx)
@@ -83,8 +87,9 @@ func (e *Engine) waitFor(ctx context.Context, d Desired, services []string) erro
 				continue
 			}
 			started, _ := time.Parse(time.RFC3339Nano, st.StartedAt)
-			if time.Since(started) < stableFor {
+			if left := stableFor - time.Since(started); left > 0 {
 				pending = append(pending, name+": just started")
+				next = min(next, left)
 			}
 		}
 		if len(pending) == 0 {
@@ -93,7 +98,7 @@ func (e *Engine) waitFor(ctx context.Context, d Desired, services []string) erro
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("waiting for project %q to be ready: not ready after %s (%s): check `docker logs` of those containers", project, e.healthTimeout(), strings.Join(pending, "; "))
-		case <-time.After(pollEvery):
+		case <-time.After(next):
 		}
 	}
 }
