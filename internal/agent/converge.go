@@ -10,8 +10,6 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/docker/docker/client"
-
 	"github.com/redash-agent/redash-agent/internal/atomicfile"
 	"github.com/redash-agent/redash-agent/internal/compose"
 	"github.com/redash-agent/redash-agent/internal/config"
@@ -32,24 +30,25 @@ type UpResult struct {
 	Plan    engine.Plan
 }
 
-// docker returns the Docker client and an engine over it.
-func (a *Agent) docker() (*client.Client, *engine.Engine, error) {
+// docker connects to Docker and returns the engine over it; the caller
+// closes it.
+func (a *Agent) docker() (*engine.Engine, error) {
 	c, err := engine.NewDockerClient()
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	return c, &engine.Engine{Docker: c, Logger: a.log, LockDir: a.o.StateDir, HealthTimeout: a.o.HealthTimeout}, nil
+	return &engine.Engine{Docker: c, Logger: a.log, LockDir: a.o.StateDir, HealthTimeout: a.o.HealthTimeout}, nil
 }
 
-// dockerFor connects to Docker and returns the engine's view of r. The
-// caller closes the client.
-func (a *Agent) dockerFor(r Rendered) (*client.Client, *engine.Engine, engine.Desired, error) {
+// dockerFor connects to Docker and returns the engine and its view of r.
+// The caller closes the engine.
+func (a *Agent) dockerFor(r Rendered) (*engine.Engine, engine.Desired, error) {
 	d, err := a.desired(r)
 	if err != nil {
-		return nil, nil, d, err
+		return nil, d, err
 	}
-	dc, eng, err := a.docker()
-	return dc, eng, d, err
+	eng, err := a.docker()
+	return eng, d, err
 }
 
 // Lock takes the lock on --dir so two agents never interleave.
@@ -60,9 +59,13 @@ func (a *Agent) Lock(ctx context.Context) (*dirlock.Lock, error) {
 	return dirlock.Acquire(ctx, a.o.Dir, a.o.lockWait(), a.log)
 }
 
-// Up is the whole boot pipeline once: render, write, migrate, converge, wait
-// until ready. A failure before the converge step leaves running containers
-// untouched.
+// Up is the whole boot pipeline once: render, write, observe, plan, pull,
+// migrate, converge, wait until ready; each one logged step. The plan is
+// made before anything changes and decides everything the engine does; its
+// stages are applied as separate steps because the migration runs between
+// them: after the images are present (it runs the new image), before any
+// container of the new version starts. A failure before "converge
+// containers" leaves running containers untouched.
 func (a *Agent) Up(ctx context.Context) (UpResult, error) {
 	var res UpResult
 	// Rendering only reads (tags, secrets), so it may run before the lock;
@@ -80,26 +83,57 @@ func (a *Agent) Up(ctx context.Context) (UpResult, error) {
 	if res.Files, err = a.Write(ctx, r); err != nil {
 		return res, err
 	}
-	dc, eng, d, err := a.dockerFor(r)
+	eng, d, err := a.dockerFor(r)
 	if err != nil {
 		return res, err
 	}
-	defer dc.Close()
-	if err := a.ensureImages(ctx, eng, d); err != nil {
+	defer eng.Close()
+	o, err := a.observe(ctx, eng, d)
+	if err != nil {
 		return res, err
 	}
-	if res.Migrate, err = a.Migrate(ctx, r, dc); err != nil {
+	res.Plan = a.plan(ctx, d, o)
+	if err := a.step(ctx, "ensure images", func(ctx context.Context) error {
+		return eng.Apply(ctx, d, res.Plan, engine.StageImages)
+	}); err != nil {
 		return res, err
 	}
-	err = a.step(ctx, "converge containers", func(ctx context.Context) error {
-		var err error
-		res.Plan, err = eng.Up(ctx, d)
-		if res.Plan.Mutations() > 0 {
-			a.log.Info("plan carried out", "step", "converge containers", "plan", res.Plan.String())
-		}
-		return err
+	if res.Migrate, err = a.Migrate(ctx, r, eng); err != nil {
+		return res, err
+	}
+	if err := a.step(ctx, "converge containers", func(ctx context.Context) error {
+		return eng.Apply(ctx, d, res.Plan, engine.StageContainers)
+	}); err != nil {
+		return res, err
+	}
+	err = a.step(ctx, "wait ready", func(ctx context.Context) error {
+		return eng.Apply(ctx, d, res.Plan, engine.StageReady)
 	})
 	return res, err
+}
+
+// observe is the step that reads what Docker holds for the project.
+func (a *Agent) observe(ctx context.Context, eng *engine.Engine, d engine.Desired) (engine.Observed, error) {
+	var o engine.Observed
+	err := a.step(ctx, "observe containers", func(ctx context.Context) error {
+		var err error
+		o, err = eng.Observe(ctx, d)
+		return err
+	})
+	return o, err
+}
+
+// plan is the pure step that decides everything Up does to the containers.
+func (a *Agent) plan(ctx context.Context, d engine.Desired, o engine.Observed) engine.Plan {
+	var p engine.Plan
+	_ = a.step(ctx, "plan", func(context.Context) error {
+		p = engine.ComputePlan(d, o)
+		if p.Mutations() > 0 {
+			a.log.Info("plan", "step", "plan", "changes", p.Mutations(), "plan", p.String())
+		}
+		return nil
+	})
+	return p
 }
 
 // Plan renders and observes, and returns what Up would do, changing nothing.
@@ -108,26 +142,21 @@ func (a *Agent) Plan(ctx context.Context) (Rendered, engine.Plan, error) {
 	if err != nil {
 		return r, engine.Plan{}, err
 	}
-	dc, eng, d, err := a.dockerFor(r)
+	eng, d, err := a.dockerFor(r)
 	if err != nil {
 		return r, engine.Plan{}, err
 	}
-	defer dc.Close()
-	var p engine.Plan
-	err = a.step(ctx, "plan", func(ctx context.Context) error {
-		o, err := eng.Observe(ctx, d.Project.Name)
-		if err != nil {
-			return err
-		}
-		p = engine.ComputePlan(d, o)
-		return nil
-	})
-	return r, p, err
+	defer eng.Close()
+	o, err := a.observe(ctx, eng, d)
+	if err != nil {
+		return r, engine.Plan{}, err
+	}
+	return r, a.plan(ctx, d, o), nil
 }
 
 // Migrate creates or upgrades the database once per cluster, before any
 // server of the new version starts.
-func (a *Agent) Migrate(ctx context.Context, r Rendered, dc *client.Client) (migrate.Result, error) {
+func (a *Agent) Migrate(ctx context.Context, r Rendered, eng *engine.Engine) (migrate.Result, error) {
 	var res migrate.Result
 	if r.State.Spec.Local {
 		// The bundled postgres is only reachable inside the project
@@ -137,20 +166,23 @@ func (a *Agent) Migrate(ctx context.Context, r Rendered, dc *client.Client) (mig
 	}
 	err := a.step(ctx, "migrate database", func(ctx context.Context) error {
 		ref := r.Config.Image
-		img, err := dc.ImageInspect(ctx, ref)
+		imageID, err := eng.ImageID(ctx, ref)
+		if err == nil && imageID == "" {
+			err = fmt.Errorf("not present: run up (it pulls missing images) or prepare-image")
+		}
 		if err != nil {
 			return fmt.Errorf("inspecting image %q before migrating: %w", ref, err)
 		}
 		res, err = migrate.Run(ctx, migrate.Options{
 			Target:     migrateTarget(r.State.DB),
 			Image:      ref,
-			ImageID:    img.ID,
+			ImageID:    imageID,
 			Project:    r.Project.Name,
 			Service:    compose.ServerService,
 			Env:        r.State.Env,
 			Role:       r.Config.Role,
 			HeadsCache: a.headsCache(),
-			Runner:     &migrate.DockerRunner{Docker: dc, Logger: a.log},
+			Runner:     eng,
 			Logger:     a.log,
 		})
 		if err != nil {
@@ -217,26 +249,26 @@ func (a *Agent) MigrateOnly(ctx context.Context) (migrate.Result, error) {
 	if err != nil {
 		return migrate.Result{}, err
 	}
-	dc, eng, d, err := a.dockerFor(r)
+	eng, d, err := a.dockerFor(r)
 	if err != nil {
 		return migrate.Result{}, err
 	}
-	defer dc.Close()
+	defer eng.Close()
 	if err := a.ensureImages(ctx, eng, d); err != nil {
 		return migrate.Result{}, err
 	}
-	return a.Migrate(ctx, r, dc)
+	return a.Migrate(ctx, r, eng)
 }
 
 // Down stops the project's containers; remove also deletes them and the
 // network. It needs no configuration beyond the project name.
 func (a *Agent) Down(ctx context.Context, remove bool) error {
 	project := a.projectName()
-	dc, eng, err := a.docker()
+	eng, err := a.docker()
 	if err != nil {
 		return err
 	}
-	defer dc.Close()
+	defer eng.Close()
 	return a.step(ctx, "down", func(ctx context.Context) error { return eng.Down(ctx, project, remove) })
 }
 
@@ -265,29 +297,29 @@ func (a *Agent) Status(ctx context.Context) (StatusReport, error) {
 	if err != nil {
 		return rep, err
 	}
-	dc, eng, d, err := a.dockerFor(r)
+	eng, d, err := a.dockerFor(r)
 	if err != nil {
 		return rep, err
 	}
-	defer dc.Close()
+	defer eng.Close()
 	if rep.Services, err = eng.Status(ctx, d); err != nil {
 		return rep, err
 	}
-	rep.Database = a.databaseState(ctx, r, dc)
+	rep.Database = a.databaseState(ctx, r, eng)
 	return rep, nil
 }
 
 // databaseState is "empty", "behind", "current" or why it is not known;
 // it never includes credentials.
-func (a *Agent) databaseState(ctx context.Context, r Rendered, dc *client.Client) string {
+func (a *Agent) databaseState(ctx context.Context, r Rendered, eng *engine.Engine) string {
 	if r.State.Spec.Local {
 		return "bundled postgres (not inspected from the host)"
 	}
-	img, err := dc.ImageInspect(ctx, r.Config.Image)
-	if err != nil {
+	imageID, err := eng.ImageID(ctx, r.Config.Image)
+	if err != nil || imageID == "" {
 		return fmt.Sprintf("unknown: image %q is not present", r.Config.Image)
 	}
-	head, ok := migrate.CachedHead(a.headsCache(), img.ID)
+	head, ok := migrate.CachedHead(a.headsCache(), imageID)
 	if !ok {
 		return "unknown: the image's head revision is not known yet (run `redash-agent migrate`)"
 	}
@@ -308,10 +340,10 @@ func (a *Agent) DatabaseState(ctx context.Context) string {
 	if err != nil {
 		return "unknown: " + firstLine(err.Error())
 	}
-	dc, _, err := q.docker()
+	eng, err := q.docker()
 	if err != nil {
 		return "unknown: " + err.Error()
 	}
-	defer dc.Close()
-	return q.databaseState(ctx, r, dc)
+	defer eng.Close()
+	return q.databaseState(ctx, r, eng)
 }

@@ -16,9 +16,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/docker/docker/api/types/container"
-	"github.com/docker/docker/api/types/filters"
-	"github.com/docker/docker/client"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/redash-agent/redash-agent/internal/dirlock"
@@ -41,31 +38,30 @@ const minFreeBytes = 1 << 30
 func (a *Agent) Doctor(ctx context.Context, offline bool) doctor.Report {
 	var (
 		r    Rendered
-		dc   *client.Client
 		eng  *engine.Engine
 		dErr error
 	)
-	dc, eng, dErr = a.docker()
-	if dc != nil {
-		defer dc.Close()
+	eng, dErr = a.docker()
+	if eng != nil {
+		defer eng.Close()
 	}
 	checks := []doctor.Check{
 		{Name: "docker", Run: func(ctx context.Context) doctor.Result {
 			if dErr != nil {
 				return doctor.Result{Status: doctor.Fail, Detail: dErr.Error(), Fix: "start Docker: sudo systemctl start docker"}
 			}
-			v, err := dc.ServerVersion(ctx)
+			version, api, host, err := eng.Version(ctx)
 			if err != nil {
 				return doctor.Result{Status: doctor.Fail, Detail: "the Docker Engine does not answer: " + err.Error(), Fix: "sudo systemctl start docker; check DOCKER_HOST"}
 			}
-			return doctor.Result{Status: doctor.OK, Detail: fmt.Sprintf("Docker Engine %s (API %s) answers on %s", v.Version, v.APIVersion, dc.DaemonHost())}
+			return doctor.Result{Status: doctor.OK, Detail: fmt.Sprintf("Docker Engine %s (API %s) answers on %s", version, api, host)}
 		}},
 		{Name: "disk", Run: func(ctx context.Context) doctor.Result { return a.checkDisk() }},
 	}
 	if offline {
 		checks = append(checks,
 			doctor.Check{Name: "clean image", Needs: []string{"docker"}, Run: func(ctx context.Context) doctor.Result {
-				return a.checkClean(ctx, dc)
+				return a.checkClean(ctx, eng)
 			}},
 		)
 		return doctor.Run(ctx, checks, 20*time.Second)
@@ -100,7 +96,7 @@ func (a *Agent) Doctor(ctx context.Context, offline bool) doctor.Report {
 			return a.checkFiles(r)
 		}},
 		doctor.Check{Name: "database", Needs: []string{"configuration and secrets", "docker"}, Run: func(ctx context.Context) doctor.Result {
-			return a.checkDatabase(ctx, r, dc)
+			return a.checkDatabase(ctx, r, eng)
 		}},
 		doctor.Check{Name: "redis", Needs: []string{"configuration and secrets"}, Run: func(ctx context.Context) doctor.Result {
 			return checkRedis(ctx, r)
@@ -156,19 +152,19 @@ func (a *Agent) checkDisk() doctor.Result {
 }
 
 // checkClean: an AMI must carry no instance state (secrets, containers, locks).
-func (a *Agent) checkClean(ctx context.Context, dc *client.Client) doctor.Result {
+func (a *Agent) checkClean(ctx context.Context, eng *engine.Engine) doctor.Result {
 	var left []string
 	for _, p := range []string{filepath.Join(a.o.Dir, EnvFileName), filepath.Join(a.o.Dir, dirlock.FileName), a.hashKeyPath(), a.localSecrets()} {
 		if _, err := os.Stat(p); err == nil {
 			left = append(left, p)
 		}
 	}
-	cs, err := dc.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", engine.LabelProject+"="+a.projectName()))})
+	cs, err := eng.Containers(ctx, a.projectName())
 	if err != nil {
 		return doctor.Result{Status: doctor.Fail, Detail: "listing containers: " + err.Error()}
 	}
 	for _, c := range cs {
-		left = append(left, "container "+strings.TrimPrefix(c.Names[0], "/"))
+		left = append(left, "container "+c.Name)
 	}
 	if len(left) > 0 {
 		return doctor.Result{Status: doctor.Fail, Detail: "instance state left in the image: " + strings.Join(left, ", "), Fix: "run `redash-agent prepare-image` as the last build step"}
@@ -210,13 +206,13 @@ func (a *Agent) checkFiles(r Rendered) doctor.Result {
 	return doctor.Result{Status: doctor.OK, Detail: "env (0600) and docker-compose.yml match the configuration"}
 }
 
-func (a *Agent) checkDatabase(ctx context.Context, r Rendered, dc *client.Client) doctor.Result {
+func (a *Agent) checkDatabase(ctx context.Context, r Rendered, eng *engine.Engine) doctor.Result {
 	db := r.State.DB
 	if r.State.Spec.Local {
 		return doctor.Result{Status: doctor.Skip, Detail: "bundled postgres: checked through its container"}
 	}
 	addr := net.JoinHostPort(db.Host, strconv.Itoa(db.Port))
-	state := a.databaseState(ctx, r, dc)
+	state := a.databaseState(ctx, r, eng)
 	switch {
 	case strings.HasPrefix(state, "current"):
 		return doctor.Result{Status: doctor.OK, Detail: fmt.Sprintf("%s database %q: %s", addr, db.Name, state)}

@@ -68,11 +68,11 @@ func (a *Agent) PrepareImage(ctx context.Context) ([]string, error) {
 	if err != nil {
 		return nil, exitcode.ConfigError(fmt.Errorf("building the compose project: %w", err))
 	}
-	dc, eng, err := a.docker()
+	eng, err := a.docker()
 	if err != nil {
 		return nil, err
 	}
-	defer dc.Close()
+	defer eng.Close()
 	d := engine.Desired{Project: proj, Env: map[string]string{}, HashKey: []byte("prepare-image")}
 	if err := a.step(ctx, "pull images", func(ctx context.Context) error { return eng.EnsureImages(ctx, d) }); err != nil {
 		return nil, err

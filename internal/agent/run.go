@@ -8,11 +8,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/docker/docker/api/types/events"
-	"github.com/docker/docker/api/types/filters"
-
-	"github.com/redash-agent/redash-agent/internal/engine"
 )
 
 // Notifier is the part of systemd's notify protocol `run` uses; a no-op off systemd.
@@ -157,34 +152,16 @@ func (a *Agent) converge(ctx context.Context, n Notifier, stopping func()) (UpRe
 // destroyed. The subscription lives until ctx ends, one event arrives or
 // the returned stop is called.
 func (a *Agent) watchContainers(ctx context.Context, project string) (<-chan string, func()) {
-	out := make(chan string, 1)
-	dc, err := engine.NewDockerClient()
+	eng, err := a.docker()
 	if err != nil {
 		a.log.Warn("not watching containers", "err", err)
-		return out, func() {}
+		return make(chan string), func() {}
 	}
-	wctx, cancel := context.WithCancel(ctx)
-	msgs, errs := dc.Events(wctx, events.ListOptions{Filters: filters.NewArgs(
-		filters.Arg("type", string(events.ContainerEventType)),
-		filters.Arg("label", engine.LabelProject+"="+project),
-		filters.Arg("label", engine.LabelOneOff+"=False"),
-		filters.Arg("event", string(events.ActionDie)),
-		filters.Arg("event", string(events.ActionDestroy)),
-	)})
-	go func() {
-		defer dc.Close()
-		defer cancel()
-		select {
-		case m := <-msgs:
-			out <- m.Actor.Attributes["name"]
-		case err := <-errs:
-			if wctx.Err() == nil {
-				a.log.Warn("docker events stream ended; relying on the refresh timer", "err", err)
-			}
-		case <-wctx.Done():
-		}
-	}()
-	return out, cancel
+	died, stop := eng.WatchContainers(ctx, project)
+	return died, func() {
+		stop()
+		_ = eng.Close()
+	}
 }
 
 // splay spreads refreshes over ±20% so a fleet does not restart together

@@ -20,139 +20,143 @@ import (
 	"github.com/docker/docker/pkg/jsonmessage"
 )
 
-// Apply carries out a plan computed for d. The order keeps the stack safe to
-// kill at any point: images first (a failed pull leaves the old stack
-// running), then the network and removals, then the server, which must
-// answer /ping before the scheduler, workers and nginx start in parallel.
-// A plan without mutations makes no mutating Docker call.
+// Apply carries out the actions of one stage of a plan computed for d (see
+// Stage for why the stages are separate calls). It is a loop without
+// decisions: every choice is in the plan; Apply only runs each action as
+// soon as the actions it comes after have finished, so independent ones run
+// in parallel, and never runs an action after one it depends on failed.
+// A stage without mutations makes no mutating Docker call.
 //
-// Apply holds the project lock; a plan observed before another run changed
-// things still converges: what is already there with the right hash is
-// adopted, what is gone is not an error.
-func (e *Engine) Apply(ctx context.Context, d Desired, p Plan) error {
-	if p.Mutations() == 0 {
+// Apply holds the project lock while it changes containers. A plan
+// observed before another run changed things still converges: a container
+// already created with the right hash is adopted, one already gone is not
+// an error.
+func (e *Engine) Apply(ctx context.Context, d Desired, p Plan, stage Stage) error {
+	var todo []int
+	for i, a := range p.Actions {
+		if a.Stage == stage && a.Kind != ActKeep {
+			todo = append(todo, i)
+		}
+	}
+	if len(todo) == 0 {
 		return nil
 	}
 	if err := validate(d); err != nil {
 		return err
 	}
-	unlock, err := e.lock(ctx, d.Project.Name)
-	if err != nil {
+	if stage != StageReady {
+		// The wait needs no lock, and holding it there would hold up
+		// another run for as long as an unhealthy stack takes to fail.
+		unlock, err := e.lock(ctx, d.Project.Name)
+		if err != nil {
+			return err
+		}
+		defer unlock()
+	}
+	log := e.log().With("project", p.Project, "stage", stage.String())
+	log.Info("[started] applying", "actions", len(todo))
+
+	// Actions of other stages ran in earlier calls: they count as done.
+	done := make([]chan struct{}, len(p.Actions))
+	failed := make([]bool, len(p.Actions))
+	for i := range done {
+		done[i] = make(chan struct{})
+		if p.Actions[i].Stage != stage || p.Actions[i].Kind == ActKeep {
+			close(done[i])
+		}
+	}
+	st := &applyState{created: map[string]string{}}
+	errs := make([]error, len(p.Actions))
+	var wg sync.WaitGroup
+	for _, i := range todo {
+		wg.Go(func() {
+			defer close(done[i])
+			a := p.Actions[i]
+			for _, j := range a.After {
+				<-done[j]
+				if failed[j] {
+					failed[i] = true
+					return
+				}
+			}
+			if err := e.run(ctx, d, st, i, a); err != nil {
+				failed[i], errs[i] = true, err
+			}
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		log.Error("[failed] applying", "err", err)
 		return err
 	}
-	defer unlock()
-	return e.apply(ctx, d, p)
+	log.Info("[finished] applying", "actions", len(todo))
+	return nil
 }
 
-func (e *Engine) apply(ctx context.Context, d Desired, p Plan) error {
-	if p.Mutations() == 0 {
-		return nil
-	}
-	log := e.log().With("project", p.Project)
-	log.Info("[started] converging", "mutations", p.Mutations())
+// applyState carries what one action learns to the actions after it: the
+// network's ID, and the ID of each container created.
+type applyState struct {
+	mu      sync.Mutex
+	netID   string
+	created map[string]string // service -> container ID
+}
 
-	if err := e.ensureImages(ctx, p); err != nil {
-		log.Error("[failed] converging", "step", "images", "err", err)
-		return err
-	}
+func (s *applyState) set(f func()) { s.mu.Lock(); f(); s.mu.Unlock() }
 
-	var server *Action
-	var rest, removes []Action
-	for i, a := range p.Actions {
-		switch {
-		case a.Kind == ActCreateNetwork:
-		case a.Kind == ActRemove:
-			removes = append(removes, a)
-		case a.Kind == ActKeep:
-		case a.Service == ServerService:
-			server = &p.Actions[i]
-		default:
-			rest = append(rest, a)
+// run carries out one action: one Docker call (or, for a create whose name
+// is taken, the few it takes to adopt or clear it), or one wait.
+func (e *Engine) run(ctx context.Context, d Desired, st *applyState, n int, a Action) error {
+	log := e.log().With("project", d.Project.Name, "n", n+1, "action", a.Text())
+	if a.Service != "" {
+		log = log.With("service", a.Service)
+	}
+	log.Info("[started] " + string(a.Kind))
+	var err error
+	switch a.Kind {
+	case ActPull:
+		err = e.pull(ctx, a.Image)
+	case ActCreateNetwork:
+		var id string
+		if id, err = e.ensureNetwork(ctx, d.Project.Name, true); err == nil {
+			st.set(func() { st.netID = id })
 		}
-	}
-	// Always, not only for a "create network" action: a concurrent run may
-	// have made a duplicate since we observed.
-	netID, err := e.ensureNetwork(ctx, p.Project)
-	if err != nil {
-		log.Error("[failed] converging", "step", "network", "err", err)
-		return err
-	}
-	if err := parallel(removes, func(a Action) error {
-		return e.stopRemove(ctx, a.Container, a.ID, defaultStopGrace, a.Reason)
-	}); err != nil {
-		log.Error("[failed] converging", "step", "remove", "err", err)
-		return err
-	}
-	// New containers are created while the server starts and answers
-	// /ping, and started only after it: creating is most of a cold start's
-	// cost, starting is the part the order is about. A kill in between
-	// leaves created containers with the current hash, which the next run
-	// just starts.
-	var fresh []Action
-	for _, a := range rest {
-		if a.Kind == ActCreate {
-			fresh = append(fresh, a)
-		}
-	}
-	// A new server is created alone first: the creates below would slow
-	// the one container everything else waits for.
-	serverID := ""
-	if server != nil && server.Kind == ActCreate {
-		svc := d.Project.Services[server.Service]
-		svc.Name = server.Service
-		e.log().Info("[started] create", "project", d.Project.Name, "service", server.Service, "container", server.Container, "image", server.Image, "hash", shortHash(server.Hash))
-		id, err := e.createOnly(ctx, d, netID, svc, *server)
-		if err != nil {
-			log.Error("[failed] converging", "step", ServerService, "err", err)
-			return err
-		}
-		serverID = id
-	}
-	var createdMu sync.Mutex
-	created := map[string]string{} // service -> container ID
-	precreated := make(chan error, 1)
-	go func() {
-		precreated <- parallel(fresh, func(a Action) error {
-			svc := d.Project.Services[a.Service]
-			svc.Name = a.Service
-			id, err := e.createOnly(ctx, d, netID, svc, a)
-			createdMu.Lock()
-			created[a.Service] = id
-			createdMu.Unlock()
-			return err
+	case ActStop:
+		err = e.stop(ctx, a.Container, a.ID, stopGrace(d.Project.Services[a.Service]))
+	case ActRemove:
+		err = e.remove(ctx, a.Container, a.ID)
+	case ActCreate:
+		svc := d.Project.Services[a.Service]
+		svc.Name = a.Service
+		netID := a.NetworkID
+		st.set(func() {
+			if netID == "" {
+				netID = st.netID
+			}
 		})
-	}()
-	if server != nil {
-		var err error
-		if serverID != "" {
-			err = e.start(ctx, server.Container, serverID)
-		} else {
-			err = e.applyService(ctx, d, netID, *server)
+		var id string
+		if id, err = e.createOnly(ctx, d, netID, svc, a); err == nil {
+			st.set(func() { st.created[a.Service] = id })
 		}
-		if err == nil {
-			err = e.waitServer(ctx, d)
-		}
-		if err != nil {
-			<-precreated
-			log.Error("[failed] converging", "step", ServerService, "err", err)
-			return err
-		}
+	case ActStart:
+		id := a.ID
+		st.set(func() {
+			if id == "" {
+				id = st.created[a.Service]
+			}
+		})
+		err = e.start(ctx, a.Container, id)
+	case ActRestart:
+		err = e.restart(ctx, a.Container, a.ID, stopGrace(d.Project.Services[a.Service]))
+	case ActWaitReady:
+		err = e.waitFor(ctx, d, a.Services)
+	default:
+		err = fmt.Errorf("applying plan action %q: unknown kind: the plan was made by another version of the agent; run up again", a.Text())
 	}
-	if err := <-precreated; err != nil {
-		log.Error("[failed] converging", "step", "create", "err", err)
+	if err != nil {
+		log.Error("[failed] "+string(a.Kind), "err", err)
 		return err
 	}
-	if err := parallel(rest, func(a Action) error {
-		if a.Kind == ActCreate {
-			e.log().Info("[started] start", "project", d.Project.Name, "service", a.Service, "container", a.Container)
-			return e.start(ctx, a.Container, created[a.Service])
-		}
-		return e.applyService(ctx, d, netID, a)
-	}); err != nil {
-		log.Error("[failed] converging", "err", err)
-		return err
-	}
-	log.Info("[finished] converging", "mutations", p.Mutations())
+	log.Info("[finished] " + string(a.Kind))
 	return nil
 }
 
@@ -165,33 +169,6 @@ func parallel(actions []Action, f func(Action) error) error {
 	}
 	wg.Wait()
 	return errors.Join(errs...)
-}
-
-// applyService creates, recreates or starts one service's container.
-func (e *Engine) applyService(ctx context.Context, d Desired, netID string, a Action) error {
-	svc := d.Project.Services[a.Service]
-	svc.Name = a.Service
-	log := e.log().With("project", d.Project.Name, "service", a.Service, "container", a.Container)
-	log.Info("[started] "+string(a.Kind), "image", a.Image, "hash", shortHash(a.Hash))
-	var err error
-	switch a.Kind {
-	case ActStart:
-		err = e.start(ctx, a.Container, a.ID)
-	case ActRecreate:
-		// Stop and remove first, then create under the final name: a kill
-		// in between leaves a missing container, which the next run creates.
-		if err = e.stopRemove(ctx, a.Container, a.ID, stopGrace(svc), a.Reason); err == nil {
-			err = e.createStart(ctx, d, netID, svc, a)
-		}
-	case ActCreate:
-		err = e.createStart(ctx, d, netID, svc, a)
-	}
-	if err != nil {
-		log.Error("[failed] "+string(a.Kind), "err", err)
-		return err
-	}
-	log.Info("[finished] "+string(a.Kind), "hash", shortHash(a.Hash))
-	return nil
 }
 
 func stopGrace(svc types.ServiceConfig) time.Duration {
@@ -212,47 +189,65 @@ func (e *Engine) start(ctx context.Context, name, id string) error {
 	return nil
 }
 
-// stopRemove stops a container (SIGTERM, then SIGKILL after grace) and
-// removes it. A container already gone is fine: a concurrent or earlier,
-// killed run removed it.
-func (e *Engine) stopRemove(ctx context.Context, name, id string, grace time.Duration, why string) error {
+// stop stops a container: SIGTERM, then SIGKILL after grace. A container
+// already gone is fine: a concurrent or earlier, killed run removed it.
+func (e *Engine) stop(ctx context.Context, name, id string, grace time.Duration) error {
 	secs := int(grace.Seconds())
 	sctx, cancel := context.WithTimeout(ctx, e.callTimeout()+grace)
 	defer cancel()
-	e.log().Info("[started] stop", "container", name, "reason", why)
 	if err := e.Docker.ContainerStop(sctx, id, container.StopOptions{Timeout: &secs}); err != nil && !cerrdefs.IsNotFound(err) {
 		return fmt.Errorf("stopping container %q: %w: stop it with `docker stop %s` and retry", name, err, name)
 	}
-	rctx, rcancel := e.call(ctx)
-	defer rcancel()
-	// Force: the container may have been restarted in between by a
-	// concurrent run; removing it is what the plan decided.
+	return nil
+}
+
+// remove removes a container. Force: it may have been restarted in between
+// by Docker's on-failure policy or a concurrent run; removing it is what the
+// plan decided. A container already gone, or being removed, is fine.
+func (e *Engine) remove(ctx context.Context, name, id string) error {
+	rctx, cancel := e.call(ctx)
+	defer cancel()
 	err := e.Docker.ContainerRemove(rctx, id, container.RemoveOptions{Force: true})
 	if err != nil && !cerrdefs.IsNotFound(err) && !isRemovalInProgress(err) {
 		return fmt.Errorf("removing container %q: %w: remove it with `docker rm -f %s` and retry", name, err, name)
 	}
-	e.log().Info("[finished] remove", "container", name)
+	return nil
+}
+
+// restart restarts a running container, giving it its stop grace.
+func (e *Engine) restart(ctx context.Context, name, id string, grace time.Duration) error {
+	secs := int(grace.Seconds())
+	rctx, cancel := context.WithTimeout(ctx, e.callTimeout()+grace)
+	defer cancel()
+	if err := e.Docker.ContainerRestart(rctx, id, container.StopOptions{Timeout: &secs}); err != nil {
+		return fmt.Errorf("restarting container %q: %w: restart it with `docker restart %s`", name, err, name)
+	}
+	return nil
+}
+
+// stopRemove is stop then remove, for Down and for a leftover that holds a
+// container's name.
+func (e *Engine) stopRemove(ctx context.Context, name, id string, grace time.Duration, why string) error {
+	e.log().Info("[started] stop and remove", "container", name, "reason", why)
+	if err := e.stop(ctx, name, id, grace); err != nil {
+		return err
+	}
+	if err := e.remove(ctx, name, id); err != nil {
+		return err
+	}
+	e.log().Info("[finished] stop and remove", "container", name)
 	return nil
 }
 
 // isRemovalInProgress: a concurrent run is already removing it (409).
 func isRemovalInProgress(err error) bool { return cerrdefs.IsConflict(err) }
 
-// createStart creates the service's container under its final name and
-// starts it. A name conflict means another container holds the name: a
+// createOnly creates the container (resolving a name conflict) without
+// starting it. A name conflict means another container holds the name: a
 // concurrent run's identical container is adopted; anything else (a
 // leftover) is removed and the create retried once.
-func (e *Engine) createStart(ctx context.Context, d Desired, netID string, svc types.ServiceConfig, a Action) error {
-	id, err := e.createOnly(ctx, d, netID, svc, a)
-	if err != nil {
-		return err
-	}
-	return e.start(ctx, a.Container, id)
-}
-
-// createOnly creates the container (resolving a name conflict) without starting it.
 func (e *Engine) createOnly(ctx context.Context, d Desired, netID string, svc types.ServiceConfig, a Action) (string, error) {
-	s := buildSpec(d, netID, svc, a.Hash)
+	s := buildSpec(d, netID, svc, a.Hash, a.ImageID)
 	id, err := e.create(ctx, a.Container, s)
 	if cerrdefs.IsConflict(err) {
 		id, err = e.resolveConflict(ctx, a, s)
@@ -316,14 +311,21 @@ func (e *Engine) resolveConflict(ctx context.Context, a Action, s spec) (string,
 // networks of one name. Every run then picks the oldest, which no later
 // create can displace, attaches by ID (a name would be "ambiguous") and
 // removes the younger ones, which nobody attached to.
-func (e *Engine) ensureNetwork(ctx context.Context, project string) (string, error) {
+//
+// missing says the plan observed no network: the create is tried first (a
+// conflict means it is there after all), saving a listing on a cold start.
+func (e *Engine) ensureNetwork(ctx context.Context, project string, missing bool) (string, error) {
 	name := networkName(project)
-	nets, err := e.exactNetworks(ctx, name)
-	if err != nil {
-		return "", err
+	var nets []network.Summary
+	if !missing {
+		var err error
+		if nets, err = e.exactNetworks(ctx, name); err != nil {
+			return "", err
+		}
 	}
 	if len(nets) == 0 {
-		if err := e.createNetwork(ctx, project); err != nil {
+		var err error
+		if err = e.createNetwork(ctx, project); err != nil {
 			return "", err
 		}
 		if nets, err = e.exactNetworks(ctx, name); err != nil {
@@ -382,33 +384,23 @@ func (e *Engine) createNetwork(ctx context.Context, project string) error {
 	return nil
 }
 
-// ensureImages makes sure every image the plan creates from is present,
-// pulling only the missing ones, before anything is stopped.
-func (e *Engine) ensureImages(ctx context.Context, p Plan) error {
-	seen := map[string]bool{}
-	for _, a := range p.Actions {
-		if (a.Kind != ActCreate && a.Kind != ActRecreate) || seen[a.Image] {
-			continue
-		}
-		seen[a.Image] = true
-		if err := e.ensureImage(ctx, a.Image); err != nil {
-			return err
-		}
+// ensureImage pulls ref when it is missing.
+func (e *Engine) ensureImage(ctx context.Context, ref string) error {
+	id, err := e.ImageID(ctx, ref)
+	if err != nil || id != "" {
+		return err
 	}
+	e.log().Info("[started] pull", "image", ref)
+	if err := e.pull(ctx, ref); err != nil {
+		e.log().Error("[failed] pull", "image", ref, "err", err)
+		return err
+	}
+	e.log().Info("[finished] pull", "image", ref)
 	return nil
 }
 
-func (e *Engine) ensureImage(ctx context.Context, ref string) error {
-	cctx, cancel := e.call(ctx)
-	_, err := e.Docker.ImageInspect(cctx, ref)
-	cancel()
-	if err == nil {
-		return nil
-	}
-	if !cerrdefs.IsNotFound(err) {
-		return fmt.Errorf("inspecting image %q: %w: check that dockerd is running", ref, err)
-	}
-	e.log().Info("[started] pull", "image", ref)
+// pull pulls ref, bounded by PullTimeout.
+func (e *Engine) pull(ctx context.Context, ref string) error {
 	pctx, pcancel := context.WithTimeout(ctx, e.pullTimeout())
 	defer pcancel()
 	rc, err := e.Docker.ImagePull(pctx, ref, image.PullOptions{})
@@ -416,10 +408,8 @@ func (e *Engine) ensureImage(ctx context.Context, ref string) error {
 		err = drainPull(rc)
 	}
 	if err != nil {
-		e.log().Error("[failed] pull", "image", ref, "err", err)
 		return fmt.Errorf("pulling missing image %q: %w: bake it into the AMI (prepare-image) or check redash:image and registry access", ref, err)
 	}
-	e.log().Info("[finished] pull", "image", ref)
 	return nil
 }
 

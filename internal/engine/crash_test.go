@@ -39,7 +39,7 @@ func TestHelperUp(t *testing.T) {
 	e := &Engine{Docker: cli, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), HealthTimeout: 30 * time.Second,
 		LockDir: os.Getenv("ENGINE_CRASH_LOCKDIR")}
 	d := helperDesired(os.Getenv("ENGINE_CRASH_PROJECT"), atoi("ENGINE_CRASH_SERVER_PORT"), atoi("ENGINE_CRASH_NGINX_PORT"), atoi("ENGINE_CRASH_VARIANT"))
-	if _, err := e.Up(context.Background(), d); err != nil {
+	if _, err := converge(context.Background(), e, d); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 
 	cerrdefs "github.com/containerd/errdefs"
-	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/network"
 )
@@ -19,7 +18,7 @@ func (e *Engine) Down(ctx context.Context, project string, remove bool) error {
 		return err
 	}
 	defer unlock()
-	o, err := e.Observe(ctx, project)
+	o, err := e.observe(ctx, project)
 	if err != nil {
 		return err
 	}
@@ -32,7 +31,7 @@ func (e *Engine) Down(ctx context.Context, project string, remove bool) error {
 		if remove {
 			return e.stopRemove(ctx, a.Container, a.ID, defaultStopGrace, "down")
 		}
-		return e.stop(ctx, a.Container, a.ID)
+		return e.stop(ctx, a.Container, a.ID, defaultStopGrace)
 	})
 	if err != nil {
 		e.log().Error("[failed] down", "project", project, "err", err)
@@ -45,16 +44,6 @@ func (e *Engine) Down(ctx context.Context, project string, remove bool) error {
 		}
 	}
 	e.log().Info("[finished] down", "project", project)
-	return nil
-}
-
-func (e *Engine) stop(ctx context.Context, name, id string) error {
-	secs := int(defaultStopGrace.Seconds())
-	sctx, cancel := context.WithTimeout(ctx, e.callTimeout()+defaultStopGrace)
-	defer cancel()
-	if err := e.Docker.ContainerStop(sctx, id, container.StopOptions{Timeout: &secs}); err != nil && !cerrdefs.IsNotFound(err) {
-		return fmt.Errorf("stopping container %q: %w: stop it with `docker stop %s`", name, err, name)
-	}
 	return nil
 }
 

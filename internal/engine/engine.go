@@ -1,18 +1,24 @@
-// Package engine converges the Redash containers of one compose project
-// through the Docker Engine API: Observe reads the containers and the network
-// that carry the project label, ComputePlan (pure) compares them with the
-// desired compose-go project, Apply carries the plan out and WaitReady checks
-// that the stack is healthy.
+// Package engine owns every Docker side effect of the agent. It converges
+// the Redash containers of one compose project through the Docker Engine
+// API: Observe reads the containers, the network and the images of the
+// project, ComputePlan (pure) decides everything against the desired
+// compose-go project, and Apply carries out one stage of that plan at a
+// time (images, containers, the readiness wait) without deciding anything.
+// It also runs one-off containers (RunOneOff, for the migrations), watches
+// the project's containers die (WatchContainers), reports Status and takes
+// the stack Down.
 //
-// Side effects: Apply, Up and Down create, start, stop and remove containers
-// and the project network, and pull an image only when it is missing; they
-// never build. They hold a per-project lock file under Engine.LockDir while
-// they work. Environment values (secrets among them) go only into the Env of
-// the containers that receive them: never into labels, log lines, errors or
-// the config hash in plain form.
+// Side effects: Apply, RunOneOff, EnsureImages and Down create, start, stop,
+// restart and remove containers and the project network, and pull an image
+// only when it is missing; they never build. Apply and Down hold a
+// per-project lock file under Engine.LockDir while they change containers.
+// Environment values (secrets among them) go only into the Env of the
+// containers that receive them: never into labels, log lines, errors or the
+// config hash in plain form.
 //
-// Crash safety: every step is idempotent and uses final names (no temporary
-// containers), so a run killed at any point is finished by the next one.
+// Crash safety: every action is idempotent and uses final names (no
+// temporary containers), so a run killed at any point is finished by the
+// next one.
 package engine
 
 import (
@@ -23,7 +29,9 @@ import (
 	"time"
 
 	"github.com/compose-spec/compose-go/v2/types"
+	dtypes "github.com/docker/docker/api/types"
 	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/events"
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/client"
@@ -38,6 +46,8 @@ type Docker interface {
 	ContainerCreate(ctx context.Context, config *container.Config, hostConfig *container.HostConfig, networkingConfig *network.NetworkingConfig, platform *ocispec.Platform, containerName string) (container.CreateResponse, error)
 	ContainerStart(ctx context.Context, containerID string, options container.StartOptions) error
 	ContainerStop(ctx context.Context, containerID string, options container.StopOptions) error
+	ContainerRestart(ctx context.Context, containerID string, options container.StopOptions) error
+	ContainerWait(ctx context.Context, containerID string, condition container.WaitCondition) (<-chan container.WaitResponse, <-chan error)
 	ContainerRemove(ctx context.Context, containerID string, options container.RemoveOptions) error
 	ContainerLogs(ctx context.Context, containerID string, options container.LogsOptions) (io.ReadCloser, error)
 	NetworkList(ctx context.Context, options network.ListOptions) ([]network.Summary, error)
@@ -45,6 +55,9 @@ type Docker interface {
 	NetworkRemove(ctx context.Context, networkID string) error
 	ImageInspect(ctx context.Context, imageID string, inspectOpts ...client.ImageInspectOption) (image.InspectResponse, error)
 	ImagePull(ctx context.Context, refStr string, options image.PullOptions) (io.ReadCloser, error)
+	Events(ctx context.Context, options events.ListOptions) (<-chan events.Message, <-chan error)
+	ServerVersion(ctx context.Context) (dtypes.Version, error)
+	DaemonHost() string
 }
 
 var _ Docker = (*client.Client)(nil)
@@ -74,9 +87,9 @@ type Desired struct {
 	HashKey []byte
 }
 
-// ServerService is the service that answers /ping and starts first; the
-// others wait for it. A project without it (role "worker") only waits for
-// its containers to run.
+// ServerService is the service that answers /ping, which the readiness wait
+// polls; it comes first in a plan's service order. A project without it
+// (role "worker") only waits for its containers to run.
 const ServerService = "server"
 
 // serverAlias is the extra network alias of the server: the redash/nginx
@@ -143,33 +156,23 @@ func (e *Engine) call(ctx context.Context) (context.Context, context.CancelFunc)
 	return context.WithTimeout(ctx, e.callTimeout())
 }
 
-// Up converges the project: Observe, ComputePlan, Apply, WaitReady. It
-// returns the plan it carried out, also on error, so callers can print it.
-func (e *Engine) Up(ctx context.Context, d Desired) (Plan, error) {
-	if err := validate(d); err != nil {
-		return Plan{}, err
+// Close releases the Docker client when it holds connections.
+func (e *Engine) Close() error {
+	if c, ok := e.Docker.(io.Closer); ok {
+		return c.Close()
 	}
-	// Observe under the lock too: a run that waited sees what the one
-	// before it made, and plans nothing.
-	unlock, err := e.lock(ctx, d.Project.Name)
+	return nil
+}
+
+// Version says which Docker Engine answers, and where.
+func (e *Engine) Version(ctx context.Context) (version, apiVersion, host string, err error) {
+	cctx, cancel := e.call(ctx)
+	defer cancel()
+	v, err := e.Docker.ServerVersion(cctx)
 	if err != nil {
-		return Plan{}, err
+		return "", "", e.Docker.DaemonHost(), fmt.Errorf("asking the docker engine at %q for its version: %w", e.Docker.DaemonHost(), err)
 	}
-	o, err := e.Observe(ctx, d.Project.Name)
-	if err != nil {
-		unlock()
-		return Plan{}, err
-	}
-	p := ComputePlan(d, o)
-	err = e.apply(ctx, d, p)
-	unlock()
-	if err != nil {
-		return p, err
-	}
-	if err := e.WaitReady(ctx, d); err != nil {
-		return p, err
-	}
-	return p, nil
+	return v.Version, v.APIVersion, e.Docker.DaemonHost(), nil
 }
 
 // containerName is the compose v2 name of the one replica of a service.

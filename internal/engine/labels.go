@@ -19,6 +19,10 @@ const (
 	// LabelConfigHash is ConfigHash of the service the container was created
 	// from; a different value forces a recreate.
 	LabelConfigHash = "com.docker.compose.config-hash"
+	// LabelImage is the ID of the image the container was created from
+	// (compose v2 writes the same label). A tag re-pulled or rebuilt to
+	// another image shows as a different ID under the tag, which recreates.
+	LabelImage = "com.docker.compose.image"
 	// LabelNetwork names the compose network ("default") on the project network.
 	LabelNetwork = "com.docker.compose.network"
 	// LabelWorkingDir and LabelConfigFiles let `docker compose` find the
@@ -33,6 +37,7 @@ const (
 // Values the engine compares labels against.
 const (
 	oneOffFalse     = "False"
+	oneOffTrue      = "True"
 	containerNumber = "1"
 	defaultNetwork  = "default"
 	managedBy       = "redash-agent"

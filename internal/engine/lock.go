@@ -10,11 +10,13 @@ import (
 	"github.com/gofrs/flock"
 )
 
-// lock takes the host-wide lock of one project, so two runs on one host
-// (the systemd daemon and a manual `up`, or two goroutines) converge one
-// after the other: the second observes what the first made. Docker alone
-// cannot serialize them: before API 1.44 it may create two networks of the
-// same name when asked at once. The kernel drops the lock when a process
+// lock takes the host-wide lock of one project, so the changes of two runs
+// on one host (the systemd daemon and a manual `up`, two goroutines, or a
+// one-off creating the network) never interleave; a run whose plan another
+// run made stale still converges (Apply adopts and tolerates). The agent
+// also holds the --dir lock around a whole Up; this one is the engine's
+// own, because Docker alone cannot serialize network creation: before API
+// 1.44 it may create two networks of the same name when asked at once. The kernel drops the lock when a process
 // dies, so a killed run never blocks the next one. The wait is bounded by
 // ctx.
 func (e *Engine) lock(ctx context.Context, project string) (func(), error) {

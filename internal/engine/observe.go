@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 
+	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 )
@@ -15,6 +16,9 @@ type Observed struct {
 	Project    string
 	Containers []Container // every container with the project label, by name
 	Network    *Network    // the project's default network; nil when missing
+	// Images maps each desired image reference that is present to its ID;
+	// a missing image has no entry.
+	Images map[string]string
 }
 
 // Container is one observed container, read from its labels and state.
@@ -26,6 +30,9 @@ type Container struct {
 	OneOff  bool
 	Hash    string
 	Image   string
+	// ImageID is the image the container was created from: its LabelImage,
+	// else the ID Docker reports (containers made before the label).
+	ImageID string
 	State   string // created, running, restarting, exited, paused, dead, removing
 	// NetworkID is the project network it is attached to ("" if unknown).
 	NetworkID string
@@ -37,9 +44,57 @@ type Network struct {
 	Name string
 }
 
-// Observe lists the containers (running or not) that carry the project label
-// and the project's default network. It only reads.
-func (e *Engine) Observe(ctx context.Context, project string) (Observed, error) {
+// Observe lists the containers (running or not) that carry the project
+// label, the project's default network and the IDs of d's images that are
+// present. It only reads.
+func (e *Engine) Observe(ctx context.Context, d Desired) (Observed, error) {
+	if err := validate(d); err != nil {
+		return Observed{}, err
+	}
+	o, err := e.observe(ctx, d.Project.Name)
+	if err != nil {
+		return o, err
+	}
+	o.Images = map[string]string{}
+	for _, name := range serviceOrder(d.Project) {
+		ref := d.Project.Services[name].Image
+		if _, seen := o.Images[ref]; seen {
+			continue
+		}
+		id, err := e.ImageID(ctx, ref)
+		if err != nil {
+			return o, err
+		}
+		if id != "" {
+			o.Images[ref] = id
+		}
+	}
+	return o, nil
+}
+
+// ImageID is the ID of the image under ref, or "" when it is not present.
+func (e *Engine) ImageID(ctx context.Context, ref string) (string, error) {
+	cctx, cancel := e.call(ctx)
+	defer cancel()
+	in, err := e.Docker.ImageInspect(cctx, ref)
+	if cerrdefs.IsNotFound(err) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("inspecting image %q: %w: check that dockerd is running", ref, err)
+	}
+	return in.ID, nil
+}
+
+// Containers lists every container of the project, running or not, by
+// name. It only reads.
+func (e *Engine) Containers(ctx context.Context, project string) ([]Container, error) {
+	o, err := e.observe(ctx, project)
+	return o.Containers, err
+}
+
+// observe reads the project's containers and network.
+func (e *Engine) observe(ctx context.Context, project string) (Observed, error) {
 	o := Observed{Project: project}
 	cctx, cancel := e.call(ctx)
 	defer cancel()
@@ -61,7 +116,12 @@ func (e *Engine) Observe(ctx context.Context, project string) (Observed, error) 
 				netID = n.NetworkID
 			}
 		}
+		imageID := s.Labels[LabelImage]
+		if imageID == "" {
+			imageID = s.ImageID
+		}
 		o.Containers = append(o.Containers, Container{
+			ImageID:   imageID,
 			NetworkID: netID,
 			ID:        s.ID,
 			Name:      name,

@@ -9,110 +9,268 @@ import (
 	"github.com/compose-spec/compose-go/v2/types"
 )
 
-// ActionKind is what Apply does for one line of a plan.
+// Stage is one part of a plan that the caller applies as one pipeline step.
+// The stages run in this order; the agent runs its database migration
+// between StageImages and StageContainers, so no container of a new version
+// starts before the schema is at its head, and a failed pull or migration
+// leaves every container untouched.
+type Stage int
+
+const (
+	// StageImages pulls the images that are missing. It touches no container.
+	StageImages Stage = iota + 1
+	// StageContainers creates the network and stops, removes, creates,
+	// starts and restarts containers, in dependency order.
+	StageContainers
+	// StageReady waits until the stack is healthy. It changes nothing.
+	StageReady
+)
+
+func (s Stage) String() string {
+	switch s {
+	case StageImages:
+		return "images"
+	case StageContainers:
+		return "containers"
+	case StageReady:
+		return "ready"
+	}
+	return fmt.Sprintf("Stage(%d)", int(s))
+}
+
+// ActionKind is what Apply does for one line of a plan: one Docker call or
+// one wait, never a choice.
 type ActionKind string
 
 const (
+	// ActPull pulls a missing image (never builds).
+	ActPull ActionKind = "pull"
 	// ActCreateNetwork creates the project's default network.
 	ActCreateNetwork ActionKind = "create network"
-	// ActRemove stops and removes a container that does not belong: an
-	// orphan (its service left the project), a stale name (docker-compose v1
-	// `p_server_1`, one-off `run` containers) or a duplicate replica.
+	// ActStop stops a container that is removed next: SIGTERM, then SIGKILL
+	// after the service's stop grace.
+	ActStop ActionKind = "stop"
+	// ActRemove removes a stopped container: an orphan (its service left the
+	// project), a stale name (docker-compose v1 `p_server_1`, one-off `run`
+	// containers), a duplicate replica, or the old container of a recreate.
 	ActRemove ActionKind = "remove"
-	// ActCreate creates and starts a service's missing container.
+	// ActCreate creates a service's container under its final name; with
+	// Replaces set it is the new container of a recreate.
 	ActCreate ActionKind = "create"
-	// ActStart starts a current container that is not running (created by a
-	// run that was killed before starting it, or stopped by Down).
+	// ActStart starts a service's container: one the plan creates, or a
+	// current one that is not running (created by a run that was killed
+	// before starting it, or stopped by Down).
 	ActStart ActionKind = "start"
-	// ActRecreate stops and removes the old container, then creates and
-	// starts the new one under the same final name.
-	ActRecreate ActionKind = "recreate"
-	// ActKeep leaves a running, current container alone: no Docker call.
+	// ActRestart restarts a running, current container because a service it
+	// depends on was (re)started: nginx resolves `redash` once, at start.
+	ActRestart ActionKind = "restart"
+	// ActKeep leaves a running, current container alone: no Docker call. It
+	// is in the plan so the plan names every service.
 	ActKeep ActionKind = "keep"
+	// ActWaitReady waits until every service runs and the server answers
+	// /ping (see WaitReady's rules in ready.go).
+	ActWaitReady ActionKind = "wait ready"
 )
 
 // Action is one step of a plan.
 type Action struct {
+	Stage     Stage
 	Kind      ActionKind
-	Service   string // empty for the network
-	Container string // the container's final name (or the stale one, for remove)
-	ID        string // the existing container, for start, recreate and remove
+	Service   string // empty for the network, images and stale containers
+	Container string // the container's final name (the stale one, for stop and remove)
+	ID        string // the existing container, for stop, remove, start and restart
 	Image     string
-	Hash      string // desired config hash (old hash in OldHash)
-	OldHash   string
+	// ImageID is the image's ID under its tag when the plan was made, written
+	// as LabelImage; "" when the image is pulled by the same plan.
+	ImageID string
+	Hash    string // desired config hash (old hash in OldHash)
+	OldHash string
+	// Replaces is the container a create replaces (a recreate).
+	Replaces string
+	// NetworkID is the observed project network a create attaches to; ""
+	// when the plan creates the network, whose ID Apply takes from there.
+	NetworkID string
 	Reason    string
+	// Services are what ActWaitReady waits for, in plan order.
+	Services []string
+	// After lists the actions (indexes into Plan.Actions, all earlier) that
+	// must have finished before this one starts.
+	After []int
 }
 
-// Plan is the ordered list of what Apply does. Its order is the execution
-// order: network, removals, the server, then the other services (which
-// Apply runs in parallel once the server answers /ping).
+// resource is what an action changes, for counting changes: the service
+// for its container's actions (the old container of a recreate included),
+// else the stale container, the network or the image.
+func (a Action) resource() string {
+	switch a.Kind {
+	case ActPull:
+		return "image " + a.Image
+	case ActCreateNetwork:
+		return "network " + a.Container
+	case ActStop, ActRemove:
+		if a.Reason != reasonRecreate(a.Service) {
+			return "container " + a.Container
+		}
+	}
+	return "service " + a.Service
+}
+
+// Plan is everything one converge does, and the order: Actions are listed
+// in an order that respects every After, so printing them top to bottom is
+// an order Apply may run them in; Apply runs an action as soon as those it
+// comes after have finished, so independent actions run in parallel.
 type Plan struct {
 	Project string
 	Actions []Action
 }
 
-// Mutations counts the actions that change something; 0 means Apply makes
-// no mutating Docker call.
+// Mutations counts the services, containers, networks and images the plan
+// changes; 0 means Apply makes no mutating Docker call.
 func (p Plan) Mutations() int {
-	n := 0
+	seen := map[string]bool{}
 	for _, a := range p.Actions {
-		if a.Kind != ActKeep {
-			n++
+		if a.Kind != ActKeep && a.Kind != ActWaitReady {
+			seen[a.resource()] = true
 		}
 	}
-	return n
+	return len(seen)
 }
 
-// String prints one action per line, in execution order, with no secret:
-// only names, images and (short) hashes.
+// String prints one numbered action per line, in plan order, with what each
+// comes after; no secret: only names, images and (short) hashes.
 func (p Plan) String() string {
 	var b strings.Builder
-	for _, a := range p.Actions {
-		switch a.Kind {
-		case ActCreateNetwork:
-			fmt.Fprintf(&b, "create network %s", a.Container)
-		case ActRemove:
-			fmt.Fprintf(&b, "remove %s (%s)", a.Container, a.Reason)
-		case ActCreate:
-			fmt.Fprintf(&b, "create %s (image %s, hash %s)", a.Service, a.Image, shortHash(a.Hash))
-		case ActRecreate:
-			fmt.Fprintf(&b, "recreate %s (image %s, hash %s -> %s", a.Service, a.Image, shortHash(a.OldHash), shortHash(a.Hash))
-			if a.Reason != "" {
-				fmt.Fprintf(&b, ", %s", a.Reason)
+	for i, a := range p.Actions {
+		fmt.Fprintf(&b, "%2d %s", i+1, a.Text())
+		if len(a.After) > 0 {
+			nums := make([]string, len(a.After))
+			for j, n := range a.After {
+				nums[j] = fmt.Sprint(n + 1)
 			}
-			b.WriteString(")")
-		case ActStart:
-			fmt.Fprintf(&b, "start %s (hash %s, %s)", a.Service, shortHash(a.Hash), a.Reason)
-		case ActKeep:
-			fmt.Fprintf(&b, "keep %s (hash %s)", a.Service, shortHash(a.Hash))
+			fmt.Fprintf(&b, " after %s", strings.Join(nums, ","))
 		}
 		b.WriteString("\n")
 	}
 	return b.String()
 }
 
-// serviceOrder is the server first, then the other services by name.
+// Text is the action as one line, without its number or order; Apply logs
+// the same text when it carries the action out.
+func (a Action) Text() string {
+	switch a.Kind {
+	case ActPull:
+		return "pull " + a.Image
+	case ActCreateNetwork:
+		return "create network " + a.Container
+	case ActStop, ActRemove:
+		return fmt.Sprintf("%s %s (%s)", a.Kind, a.Container, a.Reason)
+	case ActCreate:
+		if a.Replaces != "" {
+			s := fmt.Sprintf("recreate %s (image %s, hash %s -> %s", a.Service, a.Image, shortHash(a.OldHash), shortHash(a.Hash))
+			if a.Reason != "" {
+				s += ", " + a.Reason
+			}
+			return s + ")"
+		}
+		return fmt.Sprintf("create %s (image %s, hash %s)", a.Service, a.Image, shortHash(a.Hash))
+	case ActStart:
+		if a.Reason != "" {
+			return fmt.Sprintf("start %s (hash %s, %s)", a.Service, shortHash(a.Hash), a.Reason)
+		}
+		return "start " + a.Service
+	case ActRestart:
+		return fmt.Sprintf("restart %s (%s)", a.Service, a.Reason)
+	case ActKeep:
+		return fmt.Sprintf("keep %s (hash %s)", a.Service, shortHash(a.Hash))
+	case ActWaitReady:
+		names := slices.Clone(a.Services)
+		for i, n := range names {
+			if n == ServerService {
+				names[i] = n + " /ping"
+			}
+		}
+		return "wait ready: " + strings.Join(names, ", ")
+	}
+	return string(a.Kind)
+}
+
+func reasonRecreate(service string) string { return "recreate " + service }
+
+// serviceOrder is the server first, then the other services by name, each
+// placed after the services it depends_on: a dependency order in which
+// every start can come after the starts it waits for.
 func serviceOrder(p *types.Project) []string {
 	names := slices.Sorted(maps.Keys(p.Services))
 	if i := slices.Index(names, ServerService); i > 0 {
 		names = append([]string{ServerService}, slices.Delete(names, i, i+1)...)
 	}
-	return names
+	var out []string
+	state := map[string]int{} // 1 visiting, 2 placed
+	var visit func(string)
+	visit = func(n string) {
+		if _, ok := p.Services[n]; !ok || state[n] != 0 {
+			// Unknown, placed, or a cycle (validate rejects cycles).
+			return
+		}
+		state[n] = 1
+		for _, dep := range slices.Sorted(maps.Keys(p.Services[n].DependsOn)) {
+			visit(dep)
+		}
+		state[n] = 2
+		out = append(out, n)
+	}
+	for _, n := range names {
+		visit(n)
+	}
+	return out
 }
 
-// ComputePlan compares the desired project with what Docker holds. It is
-// pure: the same inputs give the same plan, printable before anything runs.
+// ComputePlan compares the desired project with what Docker holds and
+// decides everything: what to pull, remove, create, start and restart, in
+// which order, and what to wait for. It is pure: the same inputs give the
+// same plan, printable before anything runs.
+//
+// The order is the real dependencies, as the compose file's depends_on
+// says them: a service starts after the services it depends on started in
+// the same plan (nginx after the server: it resolves `redash` at start),
+// and a running dependent is restarted when one of those is replaced or
+// started again. The scheduler and workers depend on nothing here; the
+// migration before them is the agent's step between StageImages and
+// StageContainers. Starts also wait for the removal of stale containers,
+// which may hold a published port.
 func ComputePlan(d Desired, o Observed) Plan {
 	project := d.Project.Name
 	p := Plan{Project: project}
+	add := func(a Action) int {
+		p.Actions = append(p.Actions, a)
+		return len(p.Actions) - 1
+	}
+	order := serviceOrder(d.Project)
+
+	// Images: every missing one, before anything is stopped.
+	pulled := map[string]bool{}
+	for _, name := range order {
+		ref := d.Project.Services[name].Image
+		if _, ok := o.Images[ref]; ok || pulled[ref] {
+			continue
+		}
+		pulled[ref] = true
+		add(Action{Stage: StageImages, Kind: ActPull, Image: ref})
+	}
+
+	var netAfter []int
+	netID := ""
 	if o.Network == nil {
-		p.Actions = append(p.Actions, Action{Kind: ActCreateNetwork, Container: networkName(project)})
+		netAfter = []int{add(Action{Stage: StageContainers, Kind: ActCreateNetwork, Container: networkName(project)})}
+	} else {
+		netID = o.Network.ID
 	}
 
 	// Each service has one rightful container: its canonical name, number 1,
 	// not one-off. Everything else with our project label goes.
 	holders := map[string]Container{}
-	var removes []Action
+	var stale []Container
+	reasons := map[string]string{}
 	for _, c := range o.Containers {
 		_, known := d.Project.Services[c.Service]
 		want := containerName(project, c.Service)
@@ -130,48 +288,128 @@ func ComputePlan(d Desired, o Observed) Plan {
 			reason = fmt.Sprintf("service %s: stale name, not %s", c.Service, want)
 		}
 		if reason != "" {
-			removes = append(removes, Action{Kind: ActRemove, Service: c.Service, Container: c.Name, ID: c.ID, Reason: reason})
+			stale = append(stale, c)
+			reasons[c.ID] = reason
 			continue
 		}
 		holders[c.Service] = c
 	}
 	// Sorted here, not by Observe, so the plan does not depend on the
 	// order Docker listed the containers in.
-	slices.SortFunc(removes, func(a, b Action) int { return strings.Compare(a.Container, b.Container) })
-	p.Actions = append(p.Actions, removes...)
+	slices.SortFunc(stale, func(a, b Container) int { return strings.Compare(a.Name, b.Name) })
+	var staleGone []int
+	for _, c := range stale {
+		stop := add(Action{Stage: StageContainers, Kind: ActStop, Service: c.Service, Container: c.Name, ID: c.ID, Reason: reasons[c.ID]})
+		staleGone = append(staleGone, add(Action{Stage: StageContainers, Kind: ActRemove, Service: c.Service, Container: c.Name, ID: c.ID, Reason: reasons[c.ID], After: []int{stop}}))
+	}
 
-	for _, name := range serviceOrder(d.Project) {
+	started := map[string]int{} // service -> its start action, when the plan starts it
+	for _, name := range order {
 		svc := d.Project.Services[name]
 		svc.Name = name
 		a := Action{
+			Stage:     StageContainers,
 			Service:   name,
 			Container: containerName(project, name),
 			Image:     svc.Image,
+			ImageID:   o.Images[svc.Image],
 			Hash:      ConfigHash(svc, d.Env, d.HashKey),
+			NetworkID: netID,
 		}
 		c, ok := holders[name]
-		switch {
-		case !ok:
-			a.Kind = ActCreate
-		case c.Hash != a.Hash:
-			a.Kind, a.ID, a.OldHash, a.Reason = ActRecreate, c.ID, c.Hash, "config changed"
-		case o.Network == nil:
-			// A stopped container whose network was pruned cannot start.
-			a.Kind, a.ID, a.OldHash, a.Reason = ActRecreate, c.ID, c.Hash, "network missing"
-		case c.NetworkID != "" && c.NetworkID != o.Network.ID:
-			// Attached to a network that is not (or no longer) the project's.
-			a.Kind, a.ID, a.OldHash, a.Reason = ActRecreate, c.ID, c.Hash, "network changed"
-		case c.State == "running" || c.State == "restarting":
-			// restarting is Docker's on-failure policy at work; WaitReady
-			// reports it when it keeps failing.
-			a.Kind, a.ID = ActKeep, c.ID
-		case c.State == "created" || c.State == "exited":
-			a.Kind, a.ID, a.Reason = ActStart, c.ID, "was "+c.State
-		default:
-			// paused, dead or removing: starting would not help.
-			a.Kind, a.ID, a.OldHash, a.Reason = ActRecreate, c.ID, c.Hash, "state "+c.State
+		kind, reason := decide(a, c, ok, o, pulled[svc.Image])
+
+		// A start waits for the services it depends on that this plan
+		// starts, and for stale containers that may hold its ports.
+		var startAfter []int
+		for _, dep := range slices.Sorted(maps.Keys(svc.DependsOn)) {
+			if i, ok := started[dep]; ok {
+				startAfter = append(startAfter, i)
+			}
 		}
-		p.Actions = append(p.Actions, a)
+		startAfter = append(startAfter, staleGone...)
+
+		switch kind {
+		case ActKeep:
+			a.Kind, a.ID = ActKeep, c.ID
+			if causes, after := restartCauses(svc, started); len(causes) > 0 && c.State == "running" {
+				// A dependency (nginx's server) is started anew: its
+				// address may have changed, and the dependent resolved it
+				// once, at its own start.
+				a.Kind, a.Reason, a.After = ActRestart, strings.Join(causes, ", "), after
+				started[name] = add(a)
+				continue
+			}
+			add(a)
+		case ActStart:
+			a.Kind, a.ID, a.Reason, a.After = ActStart, c.ID, reason, startAfter
+			started[name] = add(a)
+		case ActCreate:
+			createAfter := slices.Clone(netAfter)
+			if ok {
+				// Stop and remove first, then create under the final name: a
+				// kill in between leaves a missing container, which the next
+				// run creates.
+				why := reasonRecreate(name)
+				stop := add(Action{Stage: StageContainers, Kind: ActStop, Service: name, Container: c.Name, ID: c.ID, Reason: why})
+				createAfter = append(createAfter, add(Action{Stage: StageContainers, Kind: ActRemove, Service: name, Container: c.Name, ID: c.ID, Reason: why, After: []int{stop}}))
+				a.Replaces, a.OldHash, a.Reason = c.Name, c.Hash, reason
+			}
+			a.Kind, a.After = ActCreate, createAfter
+			created := add(a)
+			started[name] = add(Action{Stage: StageContainers, Kind: ActStart, Service: name, Container: a.Container,
+				Hash: a.Hash, After: append([]int{created}, startAfter...)})
+		}
 	}
+
+	add(Action{Stage: StageReady, Kind: ActWaitReady, Services: order})
 	return p
+}
+
+// decide is what one service's container needs: keep, start or create
+// (a recreate when the container exists), and why.
+func decide(a Action, c Container, exists bool, o Observed, pulled bool) (ActionKind, string) {
+	switch {
+	case !exists:
+		return ActCreate, ""
+	case c.Hash != a.Hash:
+		return ActCreate, "config changed"
+	case pulled:
+		// The tag was missing: whatever the pull brings is what must run.
+		return ActCreate, "image pulled"
+	case a.ImageID != "" && c.ImageID != "" && c.ImageID != a.ImageID:
+		// The tag was re-pulled or rebuilt since the container was made.
+		return ActCreate, "image changed"
+	case o.Network == nil:
+		// A stopped container whose network was pruned cannot start.
+		return ActCreate, "network missing"
+	case c.NetworkID != "" && c.NetworkID != o.Network.ID:
+		// Attached to a network that is not (or no longer) the project's.
+		return ActCreate, "network changed"
+	case c.State == "running" || c.State == "restarting":
+		// restarting is Docker's on-failure policy at work; the readiness
+		// wait reports it when it keeps failing.
+		return ActKeep, ""
+	case c.State == "created" || c.State == "exited":
+		return ActStart, "was " + c.State
+	}
+	// paused, dead or removing: starting would not help.
+	return ActCreate, "state " + c.State
+}
+
+// restartCauses names the dependencies the plan starts anew, and their
+// start actions. Every depends_on counts as compose's `restart: true`: the
+// compose file cannot say it (docker-compose 1.29's schema rejects the
+// key), and the one dependency of the layouts whose address a dependent
+// keeps is nginx's on the server (it resolves `redash` at start). For
+// provider local's postgres and redis, restarting the Redash services after
+// their database was replaced only clears stale connections.
+func restartCauses(svc types.ServiceConfig, started map[string]int) (causes []string, after []int) {
+	for _, dep := range slices.Sorted(maps.Keys(svc.DependsOn)) {
+		if i, ok := started[dep]; ok {
+			causes = append(causes, dep+" started anew")
+			after = append(after, i)
+		}
+	}
+	return causes, after
 }

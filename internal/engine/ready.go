@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -12,7 +11,6 @@ import (
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
-	"github.com/docker/docker/pkg/stdcopy"
 )
 
 const (
@@ -28,19 +26,11 @@ const (
 	logLines = 20
 )
 
-// WaitReady waits, at most HealthTimeout, until every service of d runs: the
-// server answers GET /ping, the others have run for a moment without a
-// restart. A container that crash-loops (restarts, or exits non-zero) fails
-// at once, with its last log lines, instead of being waited on.
-func (e *Engine) WaitReady(ctx context.Context, d Desired) error {
-	return e.waitFor(ctx, d, serviceOrder(d.Project))
-}
-
-// waitServer is the wait Apply does between the server and the rest.
-func (e *Engine) waitServer(ctx context.Context, d Desired) error {
-	return e.waitFor(ctx, d, []string{ServerService})
-}
-
+// waitFor is ActWaitReady: it waits, at most HealthTimeout, until every
+// one of services runs: the server answers GET /ping, the others have run
+// for a moment without a restart. A container that crash-loops (restarts,
+// or exits non-zero) fails at once, with its last log lines, instead of
+// being waited on.
 func (e *Engine) waitFor(ctx context.Context, d Desired, services []string) error {
 	ctx, cancel := context.WithTimeout(ctx, e.healthTimeout())
 	defer cancel()
@@ -49,6 +39,10 @@ func (e *Engine) waitFor(ctx context.Context, d Desired, services []string) erro
 	httpc := &http.Client{Timeout: 2 * time.Second}
 	for {
 		var pending []string
+		// The next poll comes at pollEvery, or sooner when a container
+		// becomes stable sooner: the last one started sets the pace of a
+		// cold start.
+		next := pollEvery
 		for _, name := range services {
 			cname := containerName(project, name)
 			cctx, ccancel := e.call(ctx)
@@ -93,8 +87,9 @@ func (e *Engine) waitFor(ctx context.Context, d Desired, services []string) erro
 				continue
 			}
 			started, _ := time.Parse(time.RFC3339Nano, st.StartedAt)
-			if time.Since(started) < stableFor {
+			if left := stableFor - time.Since(started); left > 0 {
 				pending = append(pending, name+": just started")
+				next = min(next, left)
 			}
 		}
 		if len(pending) == 0 {
@@ -103,7 +98,7 @@ func (e *Engine) waitFor(ctx context.Context, d Desired, services []string) erro
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("waiting for project %q to be ready: not ready after %s (%s): check `docker logs` of those containers", project, e.healthTimeout(), strings.Join(pending, "; "))
-		case <-time.After(pollEvery):
+		case <-time.After(next):
 		}
 	}
 }
@@ -166,19 +161,11 @@ func (e *Engine) lastLogs(ctx context.Context, id string) string {
 }
 
 func (e *Engine) readLogs(ctx context.Context, id string) string {
-	cctx, cancel := e.call(ctx)
-	defer cancel()
-	rc, err := e.Docker.ContainerLogs(cctx, id, container.LogsOptions{ShowStdout: true, ShowStderr: true, Tail: fmt.Sprint(logLines)})
+	text, err := e.logTail(ctx, id, logLines)
 	if err != nil {
-		return fmt.Sprintf("(reading logs: %v)", err)
+		return fmt.Sprintf("(%v)", err)
 	}
-	defer rc.Close()
-	var buf bytes.Buffer
-	// Our containers have no TTY, so the stream is multiplexed.
-	if _, err := stdcopy.StdCopy(&buf, &buf, io.LimitReader(rc, 1<<20)); err != nil && buf.Len() == 0 {
-		return fmt.Sprintf("(reading logs: %v)", err)
-	}
-	lines := strings.Split(strings.TrimRight(buf.String(), "\n"), "\n")
+	lines := strings.Split(strings.TrimRight(text, "\n"), "\n")
 	if len(lines) > logLines {
 		lines = lines[len(lines)-logLines:]
 	}
@@ -201,7 +188,7 @@ func (e *Engine) Status(ctx context.Context, d Desired) ([]ServiceStatus, error)
 	if err := validate(d); err != nil {
 		return nil, err
 	}
-	o, err := e.Observe(ctx, d.Project.Name)
+	o, err := e.observe(ctx, d.Project.Name)
 	if err != nil {
 		return nil, err
 	}

@@ -71,7 +71,10 @@ func validate(d Desired) error {
 //
 // netID is the project network's ID: containers attach by ID because two
 // networks of the same name can briefly exist (see ensureNetwork).
-func buildSpec(d Desired, netID string, svc types.ServiceConfig, hash string) spec {
+//
+// imageID, when known, becomes LabelImage; it is not in the hash, which
+// covers the reference, because the plan compares it on its own.
+func buildSpec(d Desired, netID string, svc types.ServiceConfig, hash, imageID string) spec {
 	project := d.Project.Name
 	labels := map[string]string{}
 	maps.Copy(labels, svc.Labels)
@@ -81,6 +84,9 @@ func buildSpec(d Desired, netID string, svc types.ServiceConfig, hash string) sp
 	labels[LabelOneOff] = oneOffFalse
 	labels[LabelConfigHash] = hash
 	labels[LabelManagedBy] = managedBy
+	if imageID != "" {
+		labels[LabelImage] = imageID
+	}
 	if d.Project.WorkingDir != "" {
 		labels[LabelWorkingDir] = d.Project.WorkingDir
 	}

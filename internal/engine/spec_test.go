@@ -33,7 +33,7 @@ func TestBuildSpecGolden(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			svc := d.Project.Services[name]
 			svc.Name = name
-			s := buildSpec(d, "net-id-1", svc, ConfigHash(svc, d.Env, d.HashKey))
+			s := buildSpec(d, "net-id-1", svc, ConfigHash(svc, d.Env, d.HashKey), "")
 			got, err := json.MarshalIndent(s, "", "  ")
 			if err != nil {
 				t.Fatal(err)

@@ -18,6 +18,7 @@ import (
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/client"
 
+	"github.com/redash-agent/redash-agent/internal/engine"
 	"github.com/redash-agent/redash-agent/internal/testenv"
 )
 
@@ -49,7 +50,7 @@ func projectContainers(t testing.TB, cli *client.Client, project string) []conta
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	list, err := cli.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", labelProject+"="+project))})
+	list, err := cli.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", engine.LabelProject+"="+project))})
 	if err != nil {
 		t.Fatalf("listing containers of %q: %v", project, err)
 	}
@@ -85,7 +86,7 @@ func (r *countingRunner) calls() []string {
 }
 
 func (e dockerEnv) options(t *testing.T, db, ref, id string) (Options, *countingRunner) {
-	r := &countingRunner{Runner: &DockerRunner{Docker: e.cli, Logger: testLogger(t)}}
+	r := &countingRunner{Runner: &engine.Engine{Docker: e.cli, Logger: testLogger(t)}}
 	return Options{
 		Target:      target(e.pg, db),
 		Image:       ref,
@@ -189,7 +190,7 @@ func TestRunCreatesThenUpgrades(t *testing.T) {
 }
 
 // runFive starts five agents at once, each with its own connection,
-// DockerRunner and heads cache, and returns their results.
+// engine and heads cache, and returns their results.
 func (e dockerEnv) runFive(t *testing.T, db, ref, id string) []Result {
 	var wg sync.WaitGroup
 	results := make([]Result, 5)
@@ -349,7 +350,7 @@ func TestRunLockHolderKilledMidMigration(t *testing.T) {
 			oneoff = c
 		}
 	}
-	if oneoff.Labels[labelOneOff] != "True" || oneoff.Labels[labelService] != "server" || len(oneoff.Names) != 1 || !strings.HasPrefix(oneoff.Names[0], "/"+e.project+"-migrate-") {
+	if oneoff.Labels[engine.LabelOneOff] != "True" || oneoff.Labels[engine.LabelService] != "server" || len(oneoff.Names) != 1 || !strings.HasPrefix(oneoff.Names[0], "/"+e.project+"-migrate-") {
 		t.Errorf("running one-off: names %v labels %v", oneoff.Names, oneoff.Labels)
 	}
 

@@ -8,9 +8,9 @@
 // Every other instance waits on the lock and then finds the schema current.
 //
 // Side effects: PostgreSQL sessions to the target database (one holds the
-// advisory lock while a migration runs), one-off containers on the project
-// network <project>_default (created when missing), removed after they exit,
-// and the heads cache file (image id -> head revision, 0600).
+// advisory lock while a migration runs), one-off containers run through the
+// Runner (the engine: on the project network, removed after they exit), and
+// the heads cache file (image id -> head revision, 0600).
 //
 // Credentials never reach a log line or an error: the connection is built
 // from fields, and the one-off's environment is only handed to Docker.
@@ -283,7 +283,7 @@ func oneOff(o Options, cmd []string) OneOff {
 	env["PGAPPNAME"] = oneOffAppName()
 	return OneOff{
 		Project: o.Project,
-		Network: o.Project + "_default",
+		Name:    oneOffName,
 		Service: o.Service,
 		Image:   o.Image,
 		Cmd:     cmd,

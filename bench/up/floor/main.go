@@ -26,6 +26,7 @@ import (
 
 	"github.com/compose-spec/compose-go/v2/cli"
 	"github.com/compose-spec/compose-go/v2/types"
+	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/mount"
@@ -84,7 +85,7 @@ func up(ctx context.Context, name, file string) error {
 	if n, ok := p.Networks["default"]; ok && n.Name != "" {
 		netName = n.Name
 	}
-	if _, err := docker.NetworkInspect(ctx, netName, network.InspectOptions{}); client.IsErrNotFound(err) {
+	if _, err := docker.NetworkInspect(ctx, netName, network.InspectOptions{}); cerrdefs.IsNotFound(err) {
 		_, err = docker.NetworkCreate(ctx, netName, network.CreateOptions{Labels: map[string]string{
 			labelProject: name, labelNetwork: "default"}})
 		if err != nil {
