@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/redash-agent/redash-agent/internal/agent"
+	"github.com/redash-agent/redash-agent/internal/compose"
 	"github.com/redash-agent/redash-agent/internal/desired"
 	"github.com/redash-agent/redash-agent/internal/envfile"
 )
@@ -53,8 +54,8 @@ func renderCmd(g *globals) *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(out, "%s: %s\n%s: %s\n",
-				filepath.Join(g.dir, agent.EnvFileName), changedWord(ch.Env),
-				filepath.Join(g.dir, agent.ComposeFileName), changedWord(ch.Compose))
+				filepath.Join(g.dir, compose.EnvFileName), changedWord(ch.Env),
+				filepath.Join(g.dir, compose.FileName), changedWord(ch.Compose))
 			return nil
 		},
 	}
@@ -84,8 +85,8 @@ func printDryRun(w io.Writer, dir string, r agent.Rendered) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "# %s (dry run, secret values redacted)\n%s\n", filepath.Join(dir, agent.EnvFileName), env)
-	fmt.Fprintf(w, "# %s (dry run)\n%s", filepath.Join(dir, agent.ComposeFileName), r.Compose)
+	fmt.Fprintf(w, "# %s (dry run, secret values redacted)\n%s\n", filepath.Join(dir, compose.EnvFileName), env)
+	fmt.Fprintf(w, "# %s (dry run)\n%s", filepath.Join(dir, compose.FileName), r.Compose)
 	return nil
 }
 

@@ -1,7 +1,12 @@
 // Package agent is the boot pipeline of docs/design.md, top to bottom:
 //
-//	imds tags -> config.Resolve -> secrets.Fetch -> envfile/compose render -> atomic write
-//	  -> migrate (lock) -> engine.Observe -> engine.Plan -> engine.Apply -> wait healthy -> sd_notify
+//	imds tags -> config.Resolve -> secrets.Fetch -> envfile/compose render -> host lock, atomic write
+//	  -> engine.Observe -> engine.ComputePlan (pure) -> apply: images -> migrate (cluster lock)
+//	  -> apply: containers -> apply: wait ready -> sd_notify
+//
+// The plan decides everything that happens to Docker, in order; Apply runs one
+// of its stages at a time, so migrations sit between the image pulls and the
+// first container a new version starts (Agent.Up reads exactly so).
 //
 // Each step is one call, logged as [started]/[finished]/[failed] so the
 // journal reads like a checklist, and wrapped in one error that says what to
@@ -29,12 +34,6 @@ import (
 	"github.com/redash-agent/redash-agent/internal/exitcode"
 	"github.com/redash-agent/redash-agent/internal/imds"
 	"github.com/redash-agent/redash-agent/internal/secrets"
-)
-
-// Files the agent writes under --dir.
-const (
-	EnvFileName     = "env"
-	ComposeFileName = "docker-compose.yml"
 )
 
 // DefaultStateDir holds the generated local secrets, the hash key and caches.
@@ -346,10 +345,10 @@ func (a *Agent) Write(ctx context.Context, r Rendered) (Changes, error) {
 		var err error
 		// The env file first: a compose file that names ./env is never
 		// on disk without its env file.
-		if ch.Env, err = atomicfile.WriteFile(filepath.Join(a.o.Dir, EnvFileName), r.EnvFile, 0o600); err != nil {
+		if ch.Env, err = atomicfile.WriteFile(filepath.Join(a.o.Dir, compose.EnvFileName), r.EnvFile, 0o600); err != nil {
 			return err
 		}
-		if ch.Compose, err = atomicfile.WriteFile(filepath.Join(a.o.Dir, ComposeFileName), r.Compose, 0o644); err != nil {
+		if ch.Compose, err = atomicfile.WriteFile(filepath.Join(a.o.Dir, compose.FileName), r.Compose, 0o644); err != nil {
 			return err
 		}
 		return nil

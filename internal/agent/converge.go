@@ -13,7 +13,6 @@ import (
 	"github.com/redash-agent/redash-agent/internal/atomicfile"
 	"github.com/redash-agent/redash-agent/internal/compose"
 	"github.com/redash-agent/redash-agent/internal/config"
-	"github.com/redash-agent/redash-agent/internal/desired"
 	"github.com/redash-agent/redash-agent/internal/dirlock"
 	"github.com/redash-agent/redash-agent/internal/engine"
 	"github.com/redash-agent/redash-agent/internal/migrate"
@@ -174,7 +173,7 @@ func (a *Agent) Migrate(ctx context.Context, r Rendered, eng *engine.Engine) (mi
 			return fmt.Errorf("inspecting image %q before migrating: %w", ref, err)
 		}
 		res, err = migrate.Run(ctx, migrate.Options{
-			Target:     migrateTarget(r.State.DB),
+			DB:         r.State.DB,
 			Image:      ref,
 			ImageID:    imageID,
 			Project:    r.Project.Name,
@@ -198,11 +197,6 @@ func (a *Agent) Migrate(ctx context.Context, r Rendered, eng *engine.Engine) (mi
 // only what is missing) before the migration runs one of them.
 func (a *Agent) ensureImages(ctx context.Context, eng *engine.Engine, d engine.Desired) error {
 	return a.step(ctx, "ensure images", func(ctx context.Context) error { return eng.EnsureImages(ctx, d) })
-}
-
-// migrateTarget is the database as the migrate package takes it.
-func migrateTarget(db desired.DB) migrate.Target {
-	return migrate.Target{Host: db.Host, Port: db.Port, User: db.User, Password: db.Password, DBName: db.Name}
 }
 
 // Files in the state directory; none may be baked into an AMI.
@@ -323,7 +317,7 @@ func (a *Agent) databaseState(ctx context.Context, r Rendered, eng *engine.Engin
 	if !ok {
 		return "unknown: the image's head revision is not known yet (run `redash-agent migrate`)"
 	}
-	st, err := migrate.Inspect(ctx, migrateTarget(r.State.DB), head)
+	st, err := migrate.Inspect(ctx, r.State.DB, head)
 	if err != nil {
 		return "unknown: " + err.Error()
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/redash-agent/redash-agent/internal/compose"
 	"github.com/redash-agent/redash-agent/internal/dirlock"
 	"github.com/redash-agent/redash-agent/internal/doctor"
 	"github.com/redash-agent/redash-agent/internal/engine"
@@ -154,7 +155,7 @@ func (a *Agent) checkDisk() doctor.Result {
 // checkClean: an AMI must carry no instance state (secrets, containers, locks).
 func (a *Agent) checkClean(ctx context.Context, eng *engine.Engine) doctor.Result {
 	var left []string
-	for _, p := range []string{filepath.Join(a.o.Dir, EnvFileName), filepath.Join(a.o.Dir, dirlock.FileName), a.hashKeyPath(), a.localSecrets()} {
+	for _, p := range []string{filepath.Join(a.o.Dir, compose.EnvFileName), filepath.Join(a.o.Dir, dirlock.FileName), a.hashKeyPath(), a.localSecrets()} {
 		if _, err := os.Stat(p); err == nil {
 			left = append(left, p)
 		}
@@ -174,7 +175,7 @@ func (a *Agent) checkClean(ctx context.Context, eng *engine.Engine) doctor.Resul
 
 // checkFiles compares what is on disk with what the configuration renders.
 func (a *Agent) checkFiles(r Rendered) doctor.Result {
-	envPath := filepath.Join(a.o.Dir, EnvFileName)
+	envPath := filepath.Join(a.o.Dir, compose.EnvFileName)
 	st, err := os.Stat(envPath)
 	if errors.Is(err, fs.ErrNotExist) {
 		return doctor.Result{Status: doctor.Fail, Detail: envPath + " does not exist", Fix: "sudo redash-agent up"}
@@ -192,13 +193,13 @@ func (a *Agent) checkFiles(r Rendered) doctor.Result {
 	if _, err := envfile.Parse(onDisk); err != nil {
 		return doctor.Result{Status: doctor.Fail, Detail: "the env file is not in the agent's dialect: " + err.Error(), Fix: "sudo redash-agent up rewrites it"}
 	}
-	composeOnDisk, _ := os.ReadFile(filepath.Join(a.o.Dir, ComposeFileName))
+	composeOnDisk, _ := os.ReadFile(filepath.Join(a.o.Dir, compose.FileName))
 	var stale []string
 	if !bytes.Equal(onDisk, r.EnvFile) {
-		stale = append(stale, EnvFileName)
+		stale = append(stale, compose.EnvFileName)
 	}
 	if !bytes.Equal(composeOnDisk, r.Compose) {
-		stale = append(stale, ComposeFileName)
+		stale = append(stale, compose.FileName)
 	}
 	if len(stale) > 0 {
 		return doctor.Result{Status: doctor.Warn, Detail: "differs from the current configuration: " + strings.Join(stale, ", ") + " (a secret rotated or a tag changed since the last converge)", Fix: "sudo redash-agent up, or wait for the next refresh"}
@@ -270,7 +271,7 @@ func (a *Agent) checkContainers(ctx context.Context, r Rendered, eng *engine.Eng
 }
 
 func checkPing(ctx context.Context, r Rendered) doctor.Result {
-	if _, ok := r.Project.Services["server"]; !ok {
+	if _, ok := r.Project.Services[compose.ServerService]; !ok {
 		return doctor.Result{Status: doctor.Skip, Detail: "no server on this instance (role " + r.Config.Role + ")"}
 	}
 	url := fmt.Sprintf("http://127.0.0.1:%d/ping", r.Config.ServerPort)

@@ -55,7 +55,7 @@ func (a *Agent) PrepareImage(ctx context.Context) ([]string, error) {
 		return nil, err
 	}
 	// Every role's images: the AMI serves web and worker instances alike.
-	cfg.Role = config.RoleAll
+	cfg.Role = compose.RoleAll
 	st, err := desired.Build(cfg, placeholderSecrets(cfg), a.o.Dir)
 	if err != nil {
 		return nil, exitcode.ConfigError(err)
@@ -94,8 +94,8 @@ func (a *Agent) PrepareImage(ctx context.Context) ([]string, error) {
 func (a *Agent) removeInstanceState() error {
 	var errs []error
 	for _, p := range []string{
-		filepath.Join(a.o.Dir, EnvFileName),
-		filepath.Join(a.o.Dir, ComposeFileName),
+		filepath.Join(a.o.Dir, compose.EnvFileName),
+		filepath.Join(a.o.Dir, compose.FileName),
 		filepath.Join(a.o.Dir, dirlock.FileName),
 	} {
 		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {

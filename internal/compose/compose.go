@@ -13,44 +13,10 @@ package compose
 import (
 	"errors"
 	"fmt"
-	"maps"
 	"path/filepath"
-	"slices"
 	"strconv"
-	"strings"
 
 	"github.com/compose-spec/compose-go/v2/types"
-)
-
-// File names inside Spec.Dir.
-const (
-	FileName    = "docker-compose.yml"
-	EnvFileName = "env"
-)
-
-// Service names outside the layouts.
-const (
-	ServerService   = "server"
-	NginxService    = "nginx"
-	PostgresService = "postgres"
-	RedisService    = "redis"
-)
-
-// Roles (redash:role).
-const (
-	RoleAll    = "all"
-	RoleWeb    = "web"
-	RoleWorker = "worker"
-)
-
-// Defaults applied when a Spec leaves a field empty.
-const (
-	DefaultProject       = "redash"
-	DefaultNginxImage    = "redash/nginx:latest"
-	DefaultPostgresImage = "postgres:15-alpine"
-	DefaultRedisImage    = "redis:7-alpine"
-	defaultServerPort    = 5000
-	defaultNginxPort     = 80
 )
 
 // Environment keys the compose file may hold. Everything else, secrets
@@ -64,15 +30,8 @@ const (
 // NonSecretEnv is every key Project ever puts in a service's `environment`.
 var NonSecretEnv = []string{EnvQueues, EnvWebWorkers, EnvWorkersCount}
 
-// serverAlias is the name redash/nginx's config proxies to (redash:5000).
-const serverAlias = "redash"
-
 // postgresVolume is the named volume holding the bundled database.
 const postgresVolume = "postgres-data"
-
-// defaultNetwork is the network compose creates for every project; naming it
-// here keeps Project equal to what the loader produces from the file.
-const defaultNetwork = "default"
 
 // Spec is everything the compose file depends on. The caller maps its
 // configuration onto it; nothing in it is secret.
@@ -109,7 +68,7 @@ func Project(s Spec) (*types.Project, error) {
 		WorkingDir:   s.Dir,
 		ComposeFiles: []string{filepath.Join(s.Dir, FileName)},
 		Services:     types.Services{},
-		Networks:     types.Networks{defaultNetwork: {Name: s.Project + "_" + defaultNetwork}},
+		Networks:     types.Networks{DefaultNetwork: {Name: NetworkName(s.Project)}},
 	}
 
 	web := s.Role == RoleAll || s.Role == RoleWeb
@@ -135,10 +94,10 @@ func Project(s Spec) (*types.Project, error) {
 				n = defaultWebWorkers
 			}
 			env[EnvWebWorkers] = ptr(strconv.Itoa(n))
-			svc.Ports = []types.ServicePortConfig{port(s.ServerPort, defaultServerPort)}
+			svc.Ports = []types.ServicePortConfig{port(s.ServerPort, ServerPort)}
 			// redash/nginx proxies to redash:5000. An alias rather than
 			// `links`: links are legacy and the engine only knows networks.
-			svc.Networks = map[string]*types.ServiceNetworkConfig{defaultNetwork: {Aliases: []string{serverAlias}}}
+			svc.Networks = map[string]*types.ServiceNetworkConfig{DefaultNetwork: {Aliases: []string{ServerAlias}}}
 		}
 		if l.queues != "" {
 			n := l.workers
@@ -156,7 +115,7 @@ func Project(s Spec) (*types.Project, error) {
 
 	if web && s.Nginx {
 		svc := base(s, NginxService, s.NginxImage)
-		svc.Ports = []types.ServicePortConfig{port(s.NginxPort, defaultNginxPort)}
+		svc.Ports = []types.ServicePortConfig{port(s.NginxPort, NginxPort)}
 		svc.DependsOn = dependsOn(ServerService)
 		p.Services[NginxService] = svc
 	}
@@ -172,7 +131,7 @@ func Project(s Spec) (*types.Project, error) {
 			Volume: &types.ServiceVolumeVolume{},
 		}}
 		p.Services[PostgresService] = pg
-		p.Volumes = types.Volumes{postgresVolume: {Name: s.Project + "_" + postgresVolume}}
+		p.Volumes = types.Volumes{postgresVolume: {Name: VolumeName(s.Project, postgresVolume)}}
 		// Redis gets no env file: it needs nothing from it, so it should not
 		// hold the secrets either.
 		p.Services[RedisService] = base(s, RedisService, s.RedisImage)
@@ -190,7 +149,7 @@ func base(s Spec, name, image string) types.ServiceConfig {
 		Restart: types.RestartPolicyOnFailure,
 	}
 	svc.Image = image
-	svc.Networks = map[string]*types.ServiceNetworkConfig{defaultNetwork: nil}
+	svc.Networks = map[string]*types.ServiceNetworkConfig{DefaultNetwork: nil}
 	if s.LogGroup != "" {
 		svc.Logging = &types.LoggingConfig{Driver: "awslogs", Options: types.Options{
 			"awslogs-group":  s.LogGroup,
@@ -232,7 +191,7 @@ func normalize(s Spec) (Spec, Layout, error) {
 		s.Project = DefaultProject
 	}
 	if s.Image == "" && s.Version != "" {
-		s.Image = "redash/redash:" + s.Version
+		s.Image = RedashImage(s.Version)
 	}
 	if s.NginxImage == "" {
 		s.NginxImage = DefaultNginxImage
@@ -254,35 +213,10 @@ func normalize(s Spec) (Spec, Layout, error) {
 	if !filepath.IsAbs(s.Dir) {
 		bad("working directory %q is not an absolute path: use the agent's --dir, e.g. /opt/redash", s.Dir)
 	}
-	switch s.Role {
-	case RoleAll, RoleWeb, RoleWorker:
-	default:
-		bad("role %q is not a role: use all, web (server and nginx) or worker (scheduler and workers)", s.Role)
-	}
-	if s.WebWorkers < 0 {
-		bad("web workers %d is negative: use a count of at least 1, or 0 for the default %d", s.WebWorkers, defaultWebWorkers)
-	}
-	if err == nil {
-		allowed := WorkerServices(layout)
-		for _, name := range slices.Sorted(maps.Keys(s.Workers)) {
-			switch {
-			case !slices.Contains(allowed, name):
-				bad("worker count for %q: it is not a worker service of Redash %s: use one of %s", name, s.Version, strings.Join(allowed, ", "))
-			case s.Workers[name] < 1:
-				bad("worker count %d for %q: use at least 1", s.Workers[name], name)
-			}
-		}
-	}
+	// Role, worker counts, web workers and ports are validated once, in
+	// config, which names the key to fix; a Spec comes from a Config.
 	if s.LogGroup != "" && s.Region == "" {
 		bad("log group %q has no region: the awslogs driver needs the instance's region", s.LogGroup)
-	}
-	for _, pp := range []struct {
-		name string
-		v    int
-	}{{"server port", s.ServerPort}, {"nginx port", s.NginxPort}} {
-		if pp.v < 0 || pp.v > 65535 {
-			bad("%s %d: use a TCP port between 1 and 65535 (0 for the default)", pp.name, pp.v)
-		}
 	}
 	if len(errs) > 0 {
 		return s, 0, fmt.Errorf("building the compose project %q: %w", s.Project, errors.Join(errs...))

@@ -304,7 +304,7 @@ func TestServerReachableAsRedash(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv := p.Services[ServerService]
-	if n := srv.Networks[defaultNetwork]; n == nil || !slices.Equal(n.Aliases, []string{"redash"}) {
+	if n := srv.Networks[DefaultNetwork]; n == nil || !slices.Equal(n.Aliases, []string{"redash"}) {
 		t.Errorf("server networks = %+v, want alias redash on default", srv.Networks)
 	}
 	if len(srv.Links) > 0 || len(p.Services[NginxService].Links) > 0 {
@@ -370,12 +370,10 @@ func TestProjectErrors(t *testing.T) {
 	}{
 		{"bad version", func(s *Spec) { s.Version = "latest" }, []string{`"latest"`}},
 		{"relative dir", func(s *Spec) { s.Dir = "redash" }, []string{`"redash"`, "absolute"}},
-		{"bad role", func(s *Spec) { s.Role = "both" }, []string{`"both"`, "all, web"}},
-		{"unknown worker", func(s *Spec) { s.Workers = map[string]int{"celery": 2} }, []string{`"celery"`, "scheduled_worker, adhoc_worker, worker"}},
-		{"zero workers", func(s *Spec) { s.Workers = map[string]int{"worker": 0} }, []string{`"worker"`, "at least 1"}},
+		// Role, worker counts and ports are validated once, in config, whose
+		// TestValidation has the cases that used to be here.
 		{"log group without region", func(s *Spec) { s.LogGroup = "g" }, []string{`"g"`, "region"}},
-		{"bad port", func(s *Spec) { s.NginxPort = 70000 }, []string{"nginx port 70000"}},
-		{"every bad field at once", func(s *Spec) { s.Role = "x"; s.Dir = ""; s.LogGroup = "g" }, []string{`role "x"`, "absolute", "region"}},
+		{"every bad field at once", func(s *Spec) { s.Version = "x"; s.Dir = ""; s.LogGroup = "g" }, []string{`"x"`, "absolute", "region"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

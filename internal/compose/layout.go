@@ -71,13 +71,13 @@ type service struct {
 // Celery takes -Q with a comma list, as setup's 8.x file has it.
 var layouts = map[Layout][]service{
 	Celery: {
-		{name: "server", command: "server"},
+		{name: ServerService, command: "server"},
 		{name: "scheduler", command: "scheduler", queues: "celery", workers: 1},
 		{name: "scheduled_worker", command: "worker", queues: "scheduled_queries,schemas", workers: 1},
 		{name: "adhoc_worker", command: "worker", queues: "queries", workers: 2},
 	},
 	RQ: {
-		{name: "server", command: "server"},
+		{name: ServerService, command: "server"},
 		{name: "scheduler", command: "scheduler"},
 		{name: "scheduled_worker", command: "worker", queues: "scheduled_queries schemas", workers: 1},
 		{name: "adhoc_worker", command: "worker", queues: "queries", workers: 2},

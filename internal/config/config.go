@@ -32,13 +32,6 @@ const (
 	ProviderLocal = "local"
 )
 
-// Roles.
-const (
-	RoleAll    = "all"
-	RoleWeb    = "web"
-	RoleWorker = "worker"
-)
-
 // Source says which layer a value came from, for `redash-agent config`.
 type Source string
 
@@ -100,16 +93,16 @@ func (c Config) UsesDBSecret() bool { _, ok := c.Secrets[secrets.DBSecret]; retu
 func defaults() map[string]string {
 	return map[string]string{
 		"provider":       ProviderAWS,
-		"project":        "redash",
+		"project":        compose.DefaultProject,
 		"version":        DefaultVersion,
-		"nginx-image":    "redash/nginx:latest",
-		"postgres-image": "postgres:15-alpine",
-		"redis-image":    "redis:7-alpine",
-		"role":           RoleAll,
+		"nginx-image":    compose.DefaultNginxImage,
+		"postgres-image": compose.DefaultPostgresImage,
+		"redis-image":    compose.DefaultRedisImage,
+		"role":           compose.RoleAll,
 		"nginx":          "true",
 		"secrets-prefix": "Redash/",
-		"server-port":    "5000",
-		"nginx-port":     "80",
+		"server-port":    strconv.Itoa(compose.ServerPort),
+		"nginx-port":     strconv.Itoa(compose.NginxPort),
 		"refresh":        "5m",
 	}
 }
@@ -326,7 +319,7 @@ func (b *builder) names(c Config) {
 		b.bad("project", "%q is not a valid compose project name: use lowercase letters, digits, '-' and '_'", c.Project)
 	}
 	switch c.Role {
-	case RoleAll, RoleWeb, RoleWorker:
+	case compose.RoleAll, compose.RoleWeb, compose.RoleWorker:
 	default:
 		b.bad("role", "%q is not a role: use all, web (server and nginx) or worker (scheduler and workers)", c.Role)
 	}
@@ -344,7 +337,7 @@ func (b *builder) versionAndImages(c *Config) (layout compose.Layout, ok bool) {
 		layout, ok = l, true
 	}
 	if c.Image == "" {
-		c.Image = "redash/redash:" + c.Version
+		c.Image = compose.RedashImage(c.Version)
 	}
 	for _, k := range []string{"image", "nginx-image", "postgres-image", "redis-image"} {
 		if v, set := b.m[k]; set && (v == "" || strings.ContainsAny(v, " \t\n")) {

@@ -7,6 +7,7 @@ package desired
 import (
 	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 
@@ -15,7 +16,8 @@ import (
 	"github.com/redash-agent/redash-agent/internal/secrets"
 )
 
-// DB is the database the server uses, for migrations and status.
+// DB is the database the server uses, for migrations and status. Its
+// password is a secrets.Value, so printing a DB never shows it.
 type DB struct {
 	Host     string
 	Port     int
@@ -23,6 +25,9 @@ type DB struct {
 	Password secrets.Value
 	Name     string
 }
+
+// Addr is host:port, the one identifier errors name.
+func (d DB) Addr() string { return net.JoinHostPort(d.Host, strconv.Itoa(d.Port)) }
 
 // State is everything the agent renders from one configuration.
 type State struct {

@@ -18,6 +18,9 @@ import (
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/pkg/jsonmessage"
+
+	"github.com/redash-agent/redash-agent/internal/backoff"
+	"github.com/redash-agent/redash-agent/internal/compose"
 )
 
 // Apply carries out the actions of one stage of a plan computed for d (see
@@ -296,10 +299,8 @@ func (e *Engine) resolveConflict(ctx context.Context, a Action, s spec) (string,
 		if !cerrdefs.IsConflict(err) {
 			return id, err
 		}
-		select {
-		case <-ctx.Done():
-			return "", fmt.Errorf("creating container %q: %w", a.Container, ctx.Err())
-		case <-time.After(100 * time.Millisecond):
+		if err := backoff.Sleep(ctx, 100*time.Millisecond); err != nil {
+			return "", fmt.Errorf("creating container %q: %w", a.Container, err)
 		}
 	}
 	return "", fmt.Errorf("creating container %q: the name stays taken by a container that cannot be inspected: remove it with `docker rm -f %s`", a.Container, a.Container)
@@ -315,7 +316,7 @@ func (e *Engine) resolveConflict(ctx context.Context, a Action, s spec) (string,
 // missing says the plan observed no network: the create is tried first (a
 // conflict means it is there after all), saving a listing on a cold start.
 func (e *Engine) ensureNetwork(ctx context.Context, project string, missing bool) (string, error) {
-	name := networkName(project)
+	name := compose.NetworkName(project)
 	var nets []network.Summary
 	if !missing {
 		var err error
@@ -369,13 +370,13 @@ func (e *Engine) exactNetworks(ctx context.Context, name string) ([]network.Summ
 // createNetwork creates the project network with compose's labels. A
 // conflict means a concurrent run made it first: fine.
 func (e *Engine) createNetwork(ctx context.Context, project string) error {
-	name := networkName(project)
+	name := compose.NetworkName(project)
 	cctx, cancel := e.call(ctx)
 	defer cancel()
 	e.log().Info("[started] create network", "network", name)
 	_, err := e.Docker.NetworkCreate(cctx, name, network.CreateOptions{
 		Driver: "bridge",
-		Labels: map[string]string{LabelProject: project, LabelNetwork: defaultNetwork, LabelManagedBy: managedBy},
+		Labels: map[string]string{LabelProject: project, LabelNetwork: compose.DefaultNetwork, LabelManagedBy: managedBy},
 	})
 	if err != nil && !cerrdefs.IsConflict(err) {
 		return fmt.Errorf("creating network %q: %w: check `docker network ls` and free address pools", name, err)

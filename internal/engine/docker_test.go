@@ -30,6 +30,8 @@ import (
 	"github.com/docker/go-connections/nat"
 
 	"github.com/redash-agent/redash-agent/internal/testenv"
+
+	"github.com/redash-agent/redash-agent/internal/compose"
 )
 
 const (
@@ -182,12 +184,12 @@ func (s *stack) assertConverged() {
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	if len(nets) != 1 || nets[0].Name != networkName(s.d.Project.Name) {
+	if len(nets) != 1 || nets[0].Name != compose.NetworkName(s.d.Project.Name) {
 		var ns []string
 		for _, n := range nets {
 			ns = append(ns, n.Name)
 		}
-		s.t.Errorf("networks %v, want exactly [%s]", ns, networkName(s.d.Project.Name))
+		s.t.Errorf("networks %v, want exactly [%s]", ns, compose.NetworkName(s.d.Project.Name))
 	}
 }
 
@@ -244,7 +246,7 @@ func (s *stack) mutatingEvents(since, until time.Time) []string {
 			if !ok {
 				return out
 			}
-			ours := m.Actor.Attributes[LabelProject] == s.d.Project.Name || m.Actor.Attributes["name"] == networkName(s.d.Project.Name)
+			ours := m.Actor.Attributes[LabelProject] == s.d.Project.Name || m.Actor.Attributes["name"] == compose.NetworkName(s.d.Project.Name)
 			action := strings.SplitN(string(m.Action), ":", 2)[0]
 			if ours && slices.Contains(mutating, action) {
 				out = append(out, fmt.Sprintf("%s %s %s", m.Type, action, m.Actor.Attributes["name"]))
@@ -502,7 +504,7 @@ func TestStaleStateConverges(t *testing.T) {
 	s := newStack(t)
 	ctx := context.Background()
 	project := s.d.Project.Name
-	if _, err := s.cli.NetworkCreate(ctx, networkName(project), network.CreateOptions{Labels: map[string]string{LabelProject: project}}); err != nil {
+	if _, err := s.cli.NetworkCreate(ctx, compose.NetworkName(project), network.CreateOptions{Labels: map[string]string{LabelProject: project}}); err != nil {
 		t.Fatal(err)
 	}
 	// What the AMI's baked `docker-compose up` left: a v1-named server with
@@ -510,7 +512,7 @@ func TestStaleStateConverges(t *testing.T) {
 	v1 := &container.Config{Image: imageV1, Cmd: []string{"server"}, Env: []string{"REDASH_SECRET_KEY=stale"},
 		ExposedPorts: nat.PortSet{"5000/tcp": {}},
 		Labels:       map[string]string{LabelProject: project, LabelService: "server", LabelContainerNumber: "1", LabelOneOff: "False"}}
-	host := &container.HostConfig{RestartPolicy: container.RestartPolicy{Name: "always"}, NetworkMode: container.NetworkMode(networkName(project)),
+	host := &container.HostConfig{RestartPolicy: container.RestartPolicy{Name: "always"}, NetworkMode: container.NetworkMode(compose.NetworkName(project)),
 		PortBindings: nat.PortMap{"5000/tcp": {{HostIP: "127.0.0.1", HostPort: fmt.Sprint(s.serverPort)}}}}
 	mk := func(name string, cfg *container.Config) {
 		r, err := s.cli.ContainerCreate(ctx, cfg, host, nil, nil, name)

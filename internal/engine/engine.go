@@ -87,14 +87,9 @@ type Desired struct {
 	HashKey []byte
 }
 
-// ServerService is the service that answers /ping, which the readiness wait
-// polls; it comes first in a plan's service order. A project without it
-// (role "worker") only waits for its containers to run.
-const ServerService = "server"
-
-// serverAlias is the extra network alias of the server: the redash/nginx
-// image proxies to redash:5000.
-const serverAlias = "redash"
+// The server (compose.ServerService) answers /ping, which the readiness
+// wait polls; it comes first in a plan's service order. A project without
+// it (role "worker") only waits for its containers to run.
 
 // Engine converges one Docker Engine. The zero durations take defaults.
 type Engine struct {
@@ -179,6 +174,3 @@ func (e *Engine) Version(ctx context.Context) (version, apiVersion, host string,
 func containerName(project, service string) string {
 	return project + "-" + service + "-" + containerNumber
 }
-
-// networkName is the compose name of the project's default network.
-func networkName(project string) string { return project + "_" + defaultNetwork }

@@ -39,6 +39,5 @@ const (
 	oneOffFalse     = "False"
 	oneOffTrue      = "True"
 	containerNumber = "1"
-	defaultNetwork  = "default"
 	managedBy       = "redash-agent"
 )

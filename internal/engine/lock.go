@@ -13,10 +13,14 @@ import (
 // lock takes the host-wide lock of one project, so the changes of two runs
 // on one host (the systemd daemon and a manual `up`, two goroutines, or a
 // one-off creating the network) never interleave; a run whose plan another
-// run made stale still converges (Apply adopts and tolerates). The agent
-// also holds the --dir lock around a whole Up; this one is the engine's
-// own, because Docker alone cannot serialize network creation: before API
-// 1.44 it may create two networks of the same name when asked at once. The kernel drops the lock when a process
+// run made stale still converges (Apply adopts and tolerates).
+//
+// Why a second lock next to the --dir lock that every mutating command
+// holds: the --dir lock belongs to the files of one --dir, while this one
+// belongs to the Docker project, and Docker alone cannot serialize network
+// creation (before API 1.44 two creates of one name make two networks).
+// Tests, `prepare-image` and a second --dir on one host converge the same
+// project without sharing a --dir. The kernel drops the lock when a process
 // dies, so a killed run never blocks the next one. The wait is bounded by
 // ctx.
 func (e *Engine) lock(ctx context.Context, project string) (func(), error) {

@@ -9,6 +9,8 @@ import (
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
+
+	"github.com/redash-agent/redash-agent/internal/compose"
 )
 
 // Observed is what the Docker Engine holds for one project.
@@ -112,7 +114,7 @@ func (e *Engine) observe(ctx context.Context, project string) (Observed, error) 
 		}
 		netID := ""
 		if s.NetworkSettings != nil {
-			if n := s.NetworkSettings.Networks[networkName(project)]; n != nil {
+			if n := s.NetworkSettings.Networks[compose.NetworkName(project)]; n != nil {
 				netID = n.NetworkID
 			}
 		}
@@ -147,7 +149,7 @@ func (e *Engine) observe(ctx context.Context, project string) (Observed, error) 
 // docker-compose v1 has the same name, so it is reused rather than
 // duplicated; of duplicates, the oldest wins (see ensureNetwork).
 func (e *Engine) findNetwork(ctx context.Context, project string) (*Network, error) {
-	nets, err := e.exactNetworks(ctx, networkName(project))
+	nets, err := e.exactNetworks(ctx, compose.NetworkName(project))
 	if err != nil || len(nets) == 0 {
 		return nil, err
 	}

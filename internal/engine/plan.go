@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"github.com/compose-spec/compose-go/v2/types"
+
+	"github.com/redash-agent/redash-agent/internal/compose"
 )
 
 // Stage is one part of a plan that the caller applies as one pipeline step.
@@ -185,7 +187,7 @@ func (a Action) Text() string {
 	case ActWaitReady:
 		names := slices.Clone(a.Services)
 		for i, n := range names {
-			if n == ServerService {
+			if n == compose.ServerService {
 				names[i] = n + " /ping"
 			}
 		}
@@ -201,8 +203,8 @@ func reasonRecreate(service string) string { return "recreate " + service }
 // every start can come after the starts it waits for.
 func serviceOrder(p *types.Project) []string {
 	names := slices.Sorted(maps.Keys(p.Services))
-	if i := slices.Index(names, ServerService); i > 0 {
-		names = append([]string{ServerService}, slices.Delete(names, i, i+1)...)
+	if i := slices.Index(names, compose.ServerService); i > 0 {
+		names = append([]string{compose.ServerService}, slices.Delete(names, i, i+1)...)
 	}
 	var out []string
 	state := map[string]int{} // 1 visiting, 2 placed
@@ -261,7 +263,7 @@ func ComputePlan(d Desired, o Observed) Plan {
 	var netAfter []int
 	netID := ""
 	if o.Network == nil {
-		netAfter = []int{add(Action{Stage: StageContainers, Kind: ActCreateNetwork, Container: networkName(project)})}
+		netAfter = []int{add(Action{Stage: StageContainers, Kind: ActCreateNetwork, Container: compose.NetworkName(project)})}
 	} else {
 		netID = o.Network.ID
 	}

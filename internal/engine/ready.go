@@ -11,6 +11,9 @@ import (
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
+
+	"github.com/redash-agent/redash-agent/internal/backoff"
+	"github.com/redash-agent/redash-agent/internal/compose"
 )
 
 const (
@@ -80,7 +83,7 @@ func (e *Engine) waitFor(ctx context.Context, d Desired, services []string) erro
 				pending = append(pending, name+": unhealthy")
 				continue
 			}
-			if name == ServerService {
+			if name == compose.ServerService {
 				if err := ping(ctx, httpc, serverAddr(d, c)); err != nil {
 					pending = append(pending, fmt.Sprintf("%s: /ping: %v", name, err))
 				}
@@ -95,10 +98,8 @@ func (e *Engine) waitFor(ctx context.Context, d Desired, services []string) erro
 		if len(pending) == 0 {
 			return nil
 		}
-		select {
-		case <-ctx.Done():
+		if backoff.Sleep(ctx, next) != nil {
 			return fmt.Errorf("waiting for project %q to be ready: not ready after %s (%s): check `docker logs` of those containers", project, e.healthTimeout(), strings.Join(pending, "; "))
-		case <-time.After(next):
 		}
 	}
 }
@@ -107,7 +108,7 @@ func (e *Engine) waitFor(ctx context.Context, d Desired, services []string) erro
 // 5000, else its address on the project network (reachable from the host
 // on a Linux bridge).
 func serverAddr(d Desired, c container.InspectResponse) string {
-	if a := publishedPort(d.Project.Services[ServerService], serverPort); a != "" {
+	if a := publishedPort(d.Project.Services[compose.ServerService], serverPort); a != "" {
 		return a
 	}
 	if c.NetworkSettings != nil {
@@ -151,10 +152,8 @@ func (e *Engine) lastLogs(ctx context.Context, id string) string {
 		if text = e.readLogs(ctx, id); strings.TrimSpace(text) != "" {
 			return text
 		}
-		select {
-		case <-ctx.Done():
+		if backoff.Sleep(ctx, 250*time.Millisecond) != nil {
 			return "  (no log lines)"
-		case <-time.After(250 * time.Millisecond):
 		}
 	}
 	return "  (no log lines)"

@@ -15,6 +15,8 @@ import (
 	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/api/types/strslice"
 	"github.com/docker/go-connections/nat"
+
+	"github.com/redash-agent/redash-agent/internal/compose"
 )
 
 // spec is everything ContainerCreate needs for one service.
@@ -43,8 +45,8 @@ func validate(d Desired) error {
 			bad = append(bad, fmt.Sprintf("service %q has no image (the agent never builds)", name))
 		}
 		for n := range svc.Networks {
-			if n != defaultNetwork {
-				bad = append(bad, fmt.Sprintf("service %q uses network %q (only %q is supported)", name, n, defaultNetwork))
+			if n != compose.DefaultNetwork {
+				bad = append(bad, fmt.Sprintf("service %q uses network %q (only %q is supported)", name, n, compose.DefaultNetwork))
 			}
 		}
 		if svc.NetworkMode != "" {
@@ -75,31 +77,39 @@ func validate(d Desired) error {
 // imageID, when known, becomes LabelImage; it is not in the hash, which
 // covers the reference, because the plan compares it on its own.
 func buildSpec(d Desired, netID string, svc types.ServiceConfig, hash, imageID string) spec {
-	project := d.Project.Name
-	labels := map[string]string{}
-	maps.Copy(labels, svc.Labels)
-	labels[LabelProject] = project
-	labels[LabelService] = svc.Name
-	labels[LabelContainerNumber] = containerNumber
-	labels[LabelOneOff] = oneOffFalse
-	labels[LabelConfigHash] = hash
-	labels[LabelManagedBy] = managedBy
+	exposed, bindings := ports(svc)
+	cfg := containerConfig(svc, serviceEnv(svc, d.Env), exposed)
+	cfg.Labels = labels(d.Project, svc, hash, imageID)
+	host := hostConfig(d.Project, svc, bindings)
+	host.NetworkMode = container.NetworkMode(netID)
+	return spec{Config: cfg, HostConfig: host, Networking: networking(svc, netID)}
+}
+
+// labels are compose's, so `docker compose -p <project> ps` sees the stack,
+// plus the config hash and image ID that decide a recreate.
+func labels(p *types.Project, svc types.ServiceConfig, hash, imageID string) map[string]string {
+	l := map[string]string{}
+	maps.Copy(l, svc.Labels)
+	l[LabelProject] = p.Name
+	l[LabelService] = svc.Name
+	l[LabelContainerNumber] = containerNumber
+	l[LabelOneOff] = oneOffFalse
+	l[LabelConfigHash] = hash
+	l[LabelManagedBy] = managedBy
 	if imageID != "" {
-		labels[LabelImage] = imageID
+		l[LabelImage] = imageID
 	}
-	if d.Project.WorkingDir != "" {
-		labels[LabelWorkingDir] = d.Project.WorkingDir
+	if p.WorkingDir != "" {
+		l[LabelWorkingDir] = p.WorkingDir
 	}
-	if len(d.Project.ComposeFiles) > 0 {
-		labels[LabelConfigFiles] = strings.Join(d.Project.ComposeFiles, ",")
+	if len(p.ComposeFiles) > 0 {
+		l[LabelConfigFiles] = strings.Join(p.ComposeFiles, ",")
 	}
+	return l
+}
 
-	env := serviceEnv(svc, d.Env)
-	envList := make([]string, 0, len(env))
-	for _, k := range slices.Sorted(maps.Keys(env)) {
-		envList = append(envList, k+"="+env[k])
-	}
-
+// ports are the service's exposed ports and their host bindings.
+func ports(svc types.ServiceConfig) (nat.PortSet, nat.PortMap) {
 	exposed := nat.PortSet{}
 	bindings := nat.PortMap{}
 	for _, p := range svc.Ports {
@@ -118,11 +128,19 @@ func buildSpec(d Desired, netID string, svc types.ServiceConfig, hash, imageID s
 		}
 		exposed[port] = struct{}{}
 	}
+	return exposed, bindings
+}
 
+// containerConfig is what runs inside the container: image, command,
+// environment (sorted, so the spec is stable), stop and health settings.
+func containerConfig(svc types.ServiceConfig, env map[string]string, exposed nat.PortSet) *container.Config {
+	envList := make([]string, 0, len(env))
+	for _, k := range slices.Sorted(maps.Keys(env)) {
+		envList = append(envList, k+"="+env[k])
+	}
 	cfg := &container.Config{
 		Image:        svc.Image,
 		Env:          envList,
-		Labels:       labels,
 		ExposedPorts: exposed,
 		User:         svc.User,
 		WorkingDir:   svc.WorkingDir,
@@ -159,12 +177,17 @@ func buildSpec(d Desired, netID string, svc types.ServiceConfig, hash, imageID s
 			cfg.Healthcheck.Retries = int(*hc.Retries)
 		}
 	}
+	return cfg
+}
 
+// hostConfig is how Docker runs the container: restart policy, privileges,
+// resources, logging and mounts.
+func hostConfig(p *types.Project, svc types.ServiceConfig, bindings nat.PortMap) *container.HostConfig {
 	host := &container.HostConfig{
 		PortBindings: bindings,
 		// on-failure whatever the compose file says: Docker restarts a
 		// crashed container, but never starts Redash at daemon start; only
-		// the agent does, after rendering fresh config (DESIGN.md).
+		// the agent does, after rendering fresh config (docs/design.md).
 		RestartPolicy:  container.RestartPolicy{Name: container.RestartPolicyOnFailure},
 		Init:           svc.Init,
 		CapAdd:         svc.CapAdd,
@@ -175,7 +198,6 @@ func buildSpec(d Desired, netID string, svc types.ServiceConfig, hash, imageID s
 		ExtraHosts:     svc.ExtraHosts.AsList(":"),
 		DNS:            svc.DNS,
 		ShmSize:        int64(svc.ShmSize),
-		NetworkMode:    container.NetworkMode(netID),
 	}
 	host.Resources.Memory = int64(svc.MemLimit)
 	if len(svc.Sysctls) > 0 {
@@ -205,29 +227,32 @@ func buildSpec(d Desired, netID string, svc types.ServiceConfig, hash, imageID s
 			host.Binds = append(host.Binds, b)
 			continue
 		}
-		host.Mounts = append(host.Mounts, volumeMount(d.Project, v))
+		host.Mounts = append(host.Mounts, volumeMount(p, v))
 	}
 	for _, t := range svc.Tmpfs {
 		host.Mounts = append(host.Mounts, mount.Mount{Type: mount.TypeTmpfs, Target: t})
 	}
+	return host
+}
 
-	// compose v2 makes the service name an alias; the server is also
-	// "redash", the upstream the redash/nginx image proxies to.
+// networking attaches the container to the project network under its
+// aliases: compose v2 makes the service name one; the server is also
+// "redash", the upstream the redash/nginx image proxies to.
+func networking(svc types.ServiceConfig, netID string) *network.NetworkingConfig {
 	aliases := []string{svc.Name}
-	if svc.Name == ServerService {
-		aliases = append(aliases, serverAlias)
+	if svc.Name == compose.ServerService {
+		aliases = append(aliases, compose.ServerAlias)
 	}
-	if n := svc.Networks[defaultNetwork]; n != nil {
+	if n := svc.Networks[compose.DefaultNetwork]; n != nil {
 		for _, a := range n.Aliases {
 			if !slices.Contains(aliases, a) {
 				aliases = append(aliases, a)
 			}
 		}
 	}
-	netcfg := &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{
+	return &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{
 		netID: {Aliases: aliases},
 	}}
-	return spec{Config: cfg, HostConfig: host, Networking: netcfg}
 }
 
 // volumeMount maps a compose volume; named volumes get the project's name
@@ -237,7 +262,7 @@ func volumeMount(p *types.Project, v types.ServiceVolumeConfig) mount.Mount {
 	switch v.Type {
 	case types.VolumeTypeVolume:
 		if v.Source != "" {
-			m.Source = p.Name + "_" + v.Source
+			m.Source = compose.VolumeName(p.Name, v.Source)
 			if cfg, ok := p.Volumes[v.Source]; ok && cfg.Name != "" {
 				m.Source = cfg.Name
 			}

@@ -22,7 +22,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -38,6 +37,7 @@ import (
 	sdkimds "github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
 	"github.com/aws/smithy-go/middleware"
 	smithyhttp "github.com/aws/smithy-go/transport/http"
+	"github.com/redash-agent/redash-agent/internal/backoff"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -305,31 +305,10 @@ func classify(k reqKind, status int) verdict {
 	}
 }
 
-// Backoff bounds: the first retry is fast because IMDS usually answers
-// within milliseconds once up; the cap keeps a boot from idling long after
-// tags appear.
-const (
-	backoffBase = 100 * time.Millisecond
-	backoffCap  = 5 * time.Second
-)
-
-// backoff returns the delay before retry number attempt (1-based): the
-// exponential step base*2^(attempt-1), capped, of which the upper half is
-// jittered by j in [0,1) ("equal jitter": never zero, never in lockstep with
-// other instances of the same Auto Scaling Group).
-func backoff(attempt int, j float64) time.Duration {
-	d := backoffCap
-	if attempt < 1 {
-		attempt = 1
-	}
-	if attempt <= 16 {
-		if e := backoffBase << (attempt - 1); e < backoffCap {
-			d = e
-		}
-	}
-	half := d / 2
-	return half + time.Duration(j*float64(half))
-}
+// retryPolicy: the first retry is fast because IMDS usually answers within
+// milliseconds once up; the cap keeps a boot from idling long after tags
+// appear.
+var retryPolicy = backoff.Policy{Base: 100 * time.Millisecond, Max: 5 * time.Second}
 
 // statusError is a non-200 answer from IMDS.
 type statusError struct {
@@ -478,7 +457,7 @@ func (t *retryer) RetryDelay(attempt int, err error) (time.Duration, error) {
 	v, cause := t.judge(err)
 	var delay time.Duration // a 401 is retried at once: the SDK fetches a new token
 	if v == retry {
-		delay = backoff(attempt, rand.Float64())
+		delay = retryPolicy.Next(attempt)
 	}
 	if dl, _ := t.ctx.Deadline(); t.ctx.Err() != nil || time.Until(dl) <= delay {
 		return 0, t.end(t.r.giveUp(attempt, t.path, cause))

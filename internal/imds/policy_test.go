@@ -26,7 +26,7 @@ func TestBackoff(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := backoff(tt.attempt, tt.jitter)
+			got := retryPolicy.Delay(tt.attempt, tt.jitter)
 			if got < tt.min || got > tt.max {
 				t.Errorf("backoff(%d, %v) = %v, want within [%v, %v]", tt.attempt, tt.jitter, got, tt.min, tt.max)
 			}
@@ -35,7 +35,7 @@ func TestBackoff(t *testing.T) {
 	// Without jitter the delay never shrinks from one attempt to the next.
 	prev := time.Duration(0)
 	for n := 1; n <= 40; n++ {
-		d := backoff(n, 0)
+		d := retryPolicy.Delay(n, 0)
 		if d < prev {
 			t.Fatalf("backoff(%d, 0) = %v < backoff(%d, 0) = %v", n, d, n-1, prev)
 		}

@@ -11,6 +11,9 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/redash-agent/redash-agent/internal/backoff"
+	"github.com/redash-agent/redash-agent/internal/desired"
 )
 
 // lockKey is the advisory lock every agent of a cluster takes. Advisory
@@ -25,16 +28,16 @@ const maxConnectTimeout = 10 * time.Second
 // connConfig builds the pgx config from fields. The DSN given to ParseConfig
 // carries no password, so no parse error can echo one, and the TLS fallbacks
 // (sslmode=prefer by default) point at the same host and port.
-func connConfig(t Target, appName string, timeout time.Duration) (*pgx.ConnConfig, error) {
+func connConfig(t desired.DB, appName string, timeout time.Duration) (*pgx.ConnConfig, error) {
 	secs := int(timeout.Round(time.Second) / time.Second)
 	if secs < 1 {
 		secs = 1
 	}
 	dsn := fmt.Sprintf("host=%s port=%d user=%s dbname=%s connect_timeout=%d application_name=%s",
-		dsnQuote(t.Host), t.Port, dsnQuote(t.User), dsnQuote(t.DBName), secs, dsnQuote(appName))
+		dsnQuote(t.Host), t.Port, dsnQuote(t.User), dsnQuote(t.Name), secs, dsnQuote(appName))
 	cfg, err := pgx.ParseConfig(dsn)
 	if err != nil {
-		return nil, fmt.Errorf("building the connection to %s, database %q: %w", t.addr(), t.DBName, err)
+		return nil, fmt.Errorf("building the connection to %s, database %q: %w", t.Addr(), t.Name, err)
 	}
 	cfg.Password = t.Password.Reveal()
 	return cfg, nil
@@ -45,11 +48,14 @@ func dsnQuote(s string) string {
 	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(s) + "'"
 }
 
+// connectRetry spaces connection attempts: an Aurora failover takes tens of
+// seconds, so the cap keeps retrying often enough to notice its end.
+var connectRetry = backoff.Policy{Base: 500 * time.Millisecond, Max: 5 * time.Second}
+
 // connect opens the agent's session, retrying network failures with
 // backoff until ctx ends. A server's refusal (bad password, no such
 // database) is final: retrying cannot fix it.
-func connect(ctx context.Context, t Target, log *slog.Logger) (*pgx.Conn, error) {
-	backoff := 500 * time.Millisecond
+func connect(ctx context.Context, t desired.DB, log *slog.Logger) (*pgx.Conn, error) {
 	var lastErr error
 	for attempt := 1; ; attempt++ {
 		timeout := maxConnectTimeout
@@ -66,7 +72,7 @@ func connect(ctx context.Context, t Target, log *slog.Logger) (*pgx.Conn, error)
 		}
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) {
-			return nil, fmt.Errorf("connecting to PostgreSQL at %s as %q, database %q: %w: check the db-user/db-password secrets and redash:db-name", t.addr(), t.User, t.DBName, err)
+			return nil, fmt.Errorf("connecting to PostgreSQL at %s as %q, database %q: %w: check the db-user/db-password secrets and redash:db-name", t.Addr(), t.User, t.Name, err)
 		}
 		// An attempt cut short by the deadline says less than the one
 		// before it ("connection refused", "no route to host").
@@ -74,22 +80,15 @@ func connect(ctx context.Context, t Target, log *slog.Logger) (*pgx.Conn, error)
 			lastErr = err
 		}
 		log.Warn("database not reachable yet", "attempt", attempt, "err", err)
-		wait := jitter(backoff)
-		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < wait {
-			wait = max(time.Until(dl), 0)
+		if backoff.Sleep(ctx, connectRetry.Next(attempt)) != nil {
+			return nil, fmt.Errorf("connecting to PostgreSQL at %s, database %q: not reachable after %d attempts: %w: check redash:db-endpoint, the security groups and that the database is up", t.Addr(), t.Name, attempt, lastErr)
 		}
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("connecting to PostgreSQL at %s, database %q: not reachable after %d attempts: %w: check redash:db-endpoint, the security groups and that the database is up", t.addr(), t.DBName, attempt, lastErr)
-		case <-time.After(wait):
-		}
-		backoff = min(backoff*2, 5*time.Second)
 	}
 }
 
 // Inspect connects once and reports the schema's state relative to head,
 // for `status` and `config`. It takes no lock and changes nothing.
-func Inspect(ctx context.Context, t Target, head string) (State, error) {
+func Inspect(ctx context.Context, t desired.DB, head string) (State, error) {
 	timeout := maxConnectTimeout
 	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < timeout {
 		timeout = time.Until(dl)
@@ -100,12 +99,12 @@ func Inspect(ctx context.Context, t Target, head string) (State, error) {
 	}
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
-		return "", fmt.Errorf("connecting to PostgreSQL at %s, database %q: %w: check redash:db-endpoint and the database credentials", t.addr(), t.DBName, err)
+		return "", fmt.Errorf("connecting to PostgreSQL at %s, database %q: %w: check redash:db-endpoint and the database credentials", t.Addr(), t.Name, err)
 	}
 	defer conn.Close(context.Background())
 	st, _, err := inspect(ctx, conn, head)
 	if err != nil {
-		return "", fmt.Errorf("inspecting database %q at %s: %w", t.DBName, t.addr(), err)
+		return "", fmt.Errorf("inspecting database %q at %s: %w", t.Name, t.Addr(), err)
 	}
 	return st, nil
 }
@@ -163,7 +162,7 @@ func describeVersion(v []string) string {
 // ends the wait with a PostgreSQL error rather than a cancelled context, so
 // the session stays usable to ask who holds the lock. The returned release
 // unlocks; if the session is gone the lock went with it.
-func acquireLock(ctx context.Context, conn *pgx.Conn, t Target, timeout time.Duration, log *slog.Logger) (func(), error) {
+func acquireLock(ctx context.Context, conn *pgx.Conn, t desired.DB, timeout time.Duration, log *slog.Logger) (func(), error) {
 	// Leave room before the deadline to ask who holds the lock.
 	if dl, ok := ctx.Deadline(); ok {
 		if room := time.Until(dl) - 5*time.Second; room < timeout {
@@ -172,22 +171,22 @@ func acquireLock(ctx context.Context, conn *pgx.Conn, t Target, timeout time.Dur
 	}
 	ms := strconv.FormatInt(timeout.Milliseconds(), 10)
 	if _, err := conn.Exec(ctx, `SELECT set_config('lock_timeout', $1, false)`, ms); err != nil {
-		return nil, fmt.Errorf("setting lock_timeout on database %q at %s: %w", t.DBName, t.addr(), err)
+		return nil, fmt.Errorf("setting lock_timeout on database %q at %s: %w", t.Name, t.Addr(), err)
 	}
 	start := time.Now()
 	// Try first so the journal says when an instance has to wait.
 	var got bool
 	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, lockKey).Scan(&got); err != nil {
-		return nil, fmt.Errorf("taking the migration lock on database %q at %s: %w", t.DBName, t.addr(), err)
+		return nil, fmt.Errorf("taking the migration lock on database %q at %s: %w", t.Name, t.Addr(), err)
 	}
 	if !got {
 		log.Info("waiting for the migration lock", "holder", describeHolders(holders(ctx, conn)), "timeout", timeout)
 		if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1)`, lockKey); err != nil {
 			var pgErr *pgconn.PgError
 			if errors.As(err, &pgErr) && pgErr.Code == "55P03" { // lock_not_available
-				return nil, fmt.Errorf("taking the migration lock on database %q at %s: not granted within %s; held by %s: that instance is migrating or stuck; if stuck, end its session with pg_terminate_backend(pid)", t.DBName, t.addr(), timeout, describeHolders(holders(ctx, conn)))
+				return nil, fmt.Errorf("taking the migration lock on database %q at %s: not granted within %s; held by %s: that instance is migrating or stuck; if stuck, end its session with pg_terminate_backend(pid)", t.Name, t.Addr(), timeout, describeHolders(holders(ctx, conn)))
 			}
-			return nil, fmt.Errorf("taking the migration lock on database %q at %s: %w", t.DBName, t.addr(), err)
+			return nil, fmt.Errorf("taking the migration lock on database %q at %s: %w", t.Name, t.Addr(), err)
 		}
 	}
 	log.Info("migration lock taken", "waited", time.Since(start).Round(time.Millisecond))
@@ -260,11 +259,11 @@ WHERE datname = current_database() AND pid <> pg_backend_pid() AND starts_with(a
 // waitForOrphans waits, under the lock, until no migration one-off of an
 // agent that lost its lock still has a session: running a second migration
 // beside it is exactly what the lock is for.
-func waitForOrphans(ctx context.Context, conn *pgx.Conn, t Target, log *slog.Logger) error {
+func waitForOrphans(ctx context.Context, conn *pgx.Conn, t desired.DB, log *slog.Logger) error {
 	for logged := false; ; {
 		hs, err := orphans(ctx, conn)
 		if err != nil {
-			return fmt.Errorf("looking for running migrations in database %q at %s: %w", t.DBName, t.addr(), err)
+			return fmt.Errorf("looking for running migrations in database %q at %s: %w", t.Name, t.Addr(), err)
 		}
 		if len(hs) == 0 {
 			return nil
@@ -273,10 +272,8 @@ func waitForOrphans(ctx context.Context, conn *pgx.Conn, t Target, log *slog.Log
 			log.Warn("a migration whose agent lost the lock is still running; waiting for it to end", "sessions", describeHolders(hs))
 			logged = true
 		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("waiting for an orphaned migration in database %q at %s to end: still running: %s: stop that one-off container (name <project>-migrate-*) or end the session with pg_terminate_backend(pid)", t.DBName, t.addr(), describeHolders(hs))
-		case <-time.After(jitter(time.Second)):
+		if backoff.Sleep(ctx, backoff.Spread(time.Second)) != nil {
+			return fmt.Errorf("waiting for an orphaned migration in database %q at %s to end: still running: %s: stop that one-off container (name <project>-migrate-*) or end the session with pg_terminate_backend(pid)", t.Name, t.Addr(), describeHolders(hs))
 		}
 	}
 }

@@ -88,7 +88,7 @@ func (r *countingRunner) calls() []string {
 func (e dockerEnv) options(t *testing.T, db, ref, id string) (Options, *countingRunner) {
 	r := &countingRunner{Runner: &engine.Engine{Docker: e.cli, Logger: testLogger(t)}}
 	return Options{
-		Target:      target(e.pg, db),
+		DB:          target(e.pg, db),
 		Image:       ref,
 		ImageID:     id,
 		Project:     e.project,

@@ -21,29 +21,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
-	"net"
 	"os"
-	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/redash-agent/redash-agent/internal/secrets"
+	"github.com/redash-agent/redash-agent/internal/backoff"
+	"github.com/redash-agent/redash-agent/internal/compose"
+	"github.com/redash-agent/redash-agent/internal/desired"
 )
-
-// Target is the database Redash uses. Password only leaves through Reveal
-// into the pgx config, so printing a Target never shows it.
-type Target struct {
-	Host     string
-	Port     int
-	User     string
-	Password secrets.Value
-	DBName   string
-}
-
-// addr is host:port, the one identifier errors name.
-func (t Target) addr() string { return net.JoinHostPort(t.Host, strconv.Itoa(t.Port)) }
 
 // State is what the schema looks like relative to the image's head revision.
 type State string
@@ -70,16 +56,13 @@ const (
 	RanUpgrade = "manage db upgrade"
 )
 
-// RoleWorker never migrates: it waits until another instance has.
-const RoleWorker = "worker"
-
 // Options says what to migrate with which image. Zero durations get defaults.
 type Options struct {
-	Target  Target
-	Image   string // image reference the one-off runs
-	ImageID string // content id ("sha256:..."), the heads cache key
-	Project string // compose project, e.g. "redash"
-	Service string // server service name, for the one-off's compose labels; default "server"
+	DB      desired.DB // the database Redash uses; its password only leaves through Reveal into the pgx config
+	Image   string     // image reference the one-off runs
+	ImageID string     // content id ("sha256:..."), the heads cache key
+	Project string     // compose project, e.g. "redash"
+	Service string     // server service name, for the one-off's compose labels; default "server"
 	// Env is the one-off's environment: the env file's content, which holds
 	// REDASH_DATABASE_URL. It is handed to Docker only, never logged.
 	Env  map[string]string
@@ -109,7 +92,7 @@ const (
 
 func (o Options) withDefaults() Options {
 	if o.Service == "" {
-		o.Service = "server"
+		o.Service = compose.ServerService
 	}
 	if o.LockTimeout <= 0 {
 		o.LockTimeout = defaultLockTimeout
@@ -126,15 +109,15 @@ func (o Options) withDefaults() Options {
 func (o Options) validate() error {
 	var missing []string
 	for _, f := range []struct{ name, v string }{
-		{"Target.Host", o.Target.Host}, {"Target.User", o.Target.User}, {"Target.DBName", o.Target.DBName},
+		{"DB.Host", o.DB.Host}, {"DB.User", o.DB.User}, {"DB.Name", o.DB.Name},
 		{"Image", o.Image}, {"Project", o.Project},
 	} {
 		if f.v == "" {
 			missing = append(missing, f.name)
 		}
 	}
-	if o.Target.Port <= 0 || o.Target.Port > 65535 {
-		missing = append(missing, "Target.Port")
+	if o.DB.Port <= 0 || o.DB.Port > 65535 {
+		missing = append(missing, "DB.Port")
 	}
 	if o.Runner == nil {
 		missing = append(missing, "Runner")
@@ -157,11 +140,11 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, o.Deadline)
 	defer cancel()
-	log := o.Logger.With("db", o.Target.DBName, "addr", o.Target.addr())
+	log := o.Logger.With("db", o.DB.Name, "addr", o.DB.Addr())
 
 	// Reach the database before touching Docker: an unreachable database
 	// must leave no container behind.
-	conn, err := connect(ctx, o.Target, log)
+	conn, err := connect(ctx, o.DB, log)
 	if err != nil {
 		return Result{}, err
 	}
@@ -173,11 +156,11 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	}
 	res := Result{Head: head}
 
-	if o.Role == RoleWorker {
+	if o.Role == compose.RoleWorker {
 		return waitForHead(ctx, conn, o, res, log)
 	}
 
-	release, err := acquireLock(ctx, conn, o.Target, o.LockTimeout, log)
+	release, err := acquireLock(ctx, conn, o.DB, o.LockTimeout, log)
 	if err != nil {
 		return res, err
 	}
@@ -185,13 +168,13 @@ func Run(ctx context.Context, o Options) (Result, error) {
 
 	// A migration started by an agent that died (its lock went with its
 	// session) may still be running in an orphaned one-off; let it end.
-	if err := waitForOrphans(ctx, conn, o.Target, log); err != nil {
+	if err := waitForOrphans(ctx, conn, o.DB, log); err != nil {
 		return res, err
 	}
 
 	st, version, err := inspect(ctx, conn, head)
 	if err != nil {
-		return res, fmt.Errorf("inspecting database %q at %s: %w", o.Target.DBName, o.Target.addr(), err)
+		return res, fmt.Errorf("inspecting database %q at %s: %w", o.DB.Name, o.DB.Addr(), err)
 	}
 	res.Before, res.After = st, st
 	log.Info("database state", "state", st, "version", version, "head", head)
@@ -205,7 +188,7 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	case StateBehind:
 		res.Ran, cmd = RanUpgrade, []string{"manage", "db", "upgrade"}
 	default:
-		return res, fmt.Errorf("database %q at %s has tables but alembic_version is %s: it is not a Redash database this agent can migrate; point redash:db-name at the Redash database or fix alembic_version by hand", o.Target.DBName, o.Target.addr(), describeVersion(version))
+		return res, fmt.Errorf("database %q at %s has tables but alembic_version is %s: it is not a Redash database this agent can migrate; point redash:db-name at the Redash database or fix alembic_version by hand", o.DB.Name, o.DB.Addr(), describeVersion(version))
 	}
 
 	log.Info("[started] "+res.Ran, "image", o.Image)
@@ -221,11 +204,11 @@ func Run(ctx context.Context, o Options) (Result, error) {
 
 	after, version, err := inspect(ctx, conn, head)
 	if err != nil {
-		return res, fmt.Errorf("inspecting database %q at %s after %s: %w", o.Target.DBName, o.Target.addr(), res.Ran, err)
+		return res, fmt.Errorf("inspecting database %q at %s after %s: %w", o.DB.Name, o.DB.Addr(), res.Ran, err)
 	}
 	res.After = after
 	if after != StateCurrent {
-		return res, fmt.Errorf("after %q database %q is %s at %s, want head %q: check the one-off's output:\n%s", res.Ran, o.Target.DBName, after, describeVersion(version), head, tail(logs, 20))
+		return res, fmt.Errorf("after %q database %q is %s at %s, want head %q: check the one-off's output:\n%s", res.Ran, o.DB.Name, after, describeVersion(version), head, tail(logs, 20))
 	}
 	log.Info("[finished] "+res.Ran, "version", version)
 	return res, nil
@@ -300,9 +283,9 @@ func waitForHead(ctx context.Context, conn *pgx.Conn, o Options, res Result, log
 		st, version, err := inspect(ctx, conn, res.Head)
 		if err != nil {
 			if ctx.Err() != nil {
-				return res, fmt.Errorf("waiting for database %q at %s to reach revision %q: deadline of %s passed while inspecting it: %w", o.Target.DBName, o.Target.addr(), res.Head, o.Deadline, err)
+				return res, fmt.Errorf("waiting for database %q at %s to reach revision %q: deadline of %s passed while inspecting it: %w", o.DB.Name, o.DB.Addr(), res.Head, o.Deadline, err)
 			}
-			return res, fmt.Errorf("inspecting database %q at %s: %w", o.Target.DBName, o.Target.addr(), err)
+			return res, fmt.Errorf("inspecting database %q at %s: %w", o.DB.Name, o.DB.Addr(), err)
 		}
 		if first {
 			res.Before = st
@@ -314,20 +297,13 @@ func waitForHead(ctx context.Context, conn *pgx.Conn, o Options, res Result, log
 			log.Info("database at head", "version", version, "waited", time.Since(start).Round(time.Millisecond))
 			return res, nil
 		case StateUnknown:
-			return res, fmt.Errorf("database %q at %s has tables but alembic_version is %s: not a Redash database; point redash:db-name at the Redash database", o.Target.DBName, o.Target.addr(), describeVersion(version))
+			return res, fmt.Errorf("database %q at %s has tables but alembic_version is %s: not a Redash database; point redash:db-name at the Redash database", o.DB.Name, o.DB.Addr(), describeVersion(version))
 		}
 		log.Info("waiting for another instance to migrate", "state", st, "version", version, "head", res.Head)
-		select {
-		case <-ctx.Done():
-			return res, fmt.Errorf("waiting for database %q at %s to reach revision %q: still %s (%s) after %s; role %q never migrates: start an instance with redash:role=all or web, or run `redash-agent migrate` on one", o.Target.DBName, o.Target.addr(), res.Head, st, describeVersion(version), time.Since(start).Round(time.Second), RoleWorker)
-		case <-time.After(jitter(workerPoll)):
+		if backoff.Sleep(ctx, backoff.Spread(workerPoll)) != nil {
+			return res, fmt.Errorf("waiting for database %q at %s to reach revision %q: still %s (%s) after %s; role %q never migrates: start an instance with redash:role=all or web, or run `redash-agent migrate` on one", o.DB.Name, o.DB.Addr(), res.Head, st, describeVersion(version), time.Since(start).Round(time.Second), compose.RoleWorker)
 		}
 	}
-}
-
-// jitter spreads polls of many instances booting together over ±25%.
-func jitter(d time.Duration) time.Duration {
-	return d*3/4 + rand.N(d/2+1)
 }
 
 // hostname names this instance in pg_stat_activity, so a lock timeout says

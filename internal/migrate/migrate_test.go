@@ -10,6 +10,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/redash-agent/redash-agent/internal/desired"
 	"github.com/redash-agent/redash-agent/internal/secrets"
 )
 
@@ -86,7 +87,7 @@ func TestTail(t *testing.T) {
 // keyword syntax treats specially, and that the password is set only on the
 // config, with every TLS fallback pointing at the same endpoint.
 func TestConnConfigKeepsOddValues(t *testing.T) {
-	tg := Target{Host: "db.example", Port: 6543, User: `o'brien \ x`, Password: secrets.NewValue("p@ss w'rd"), DBName: "redash db"}
+	tg := desired.DB{Host: "db.example", Port: 6543, User: `o'brien \ x`, Password: secrets.NewValue("p@ss w'rd"), Name: "redash db"}
 	cfg, err := connConfig(tg, "redash-agent host-1", 0)
 	if err != nil {
 		t.Fatal(err)
@@ -103,7 +104,7 @@ func TestConnConfigKeepsOddValues(t *testing.T) {
 		}
 	}
 	if s := fmt.Sprintf("%v %+v", tg, tg); strings.Contains(s, "p@ss") {
-		t.Errorf("printing a Target shows the password: %s", s)
+		t.Errorf("printing a desired.DB shows the password: %s", s)
 	}
 }
 
@@ -112,7 +113,7 @@ func TestValidateNamesEveryMissingField(t *testing.T) {
 	if err == nil {
 		t.Fatal("validate accepted empty options")
 	}
-	for _, f := range []string{"Target.Host", "Target.User", "Target.DBName", "Target.Port", "Image", "Project", "Runner"} {
+	for _, f := range []string{"DB.Host", "DB.User", "DB.Name", "DB.Port", "Image", "Project", "Runner"} {
 		if !strings.Contains(err.Error(), f) {
 			t.Errorf("error %q does not name %s", err, f)
 		}

@@ -15,12 +15,14 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/redash-agent/redash-agent/internal/compose"
+	"github.com/redash-agent/redash-agent/internal/desired"
 	"github.com/redash-agent/redash-agent/internal/secrets"
 	"github.com/redash-agent/redash-agent/internal/testenv"
 )
 
-func target(pg testenv.PG, db string) Target {
-	return Target{Host: pg.Host, Port: pg.Port, User: pg.User, Password: secrets.NewValue(pg.Password), DBName: db}
+func target(pg testenv.PG, db string) desired.DB {
+	return desired.DB{Host: pg.Host, Port: pg.Port, User: pg.User, Password: secrets.NewValue(pg.Password), Name: db}
 }
 
 func execSQL(t testing.TB, pg testenv.PG, db, sql string, args ...any) {
@@ -93,7 +95,7 @@ func TestRunCurrentDatabaseRunsNothing(t *testing.T) {
 	execSQL(t, pg, db, "CREATE TABLE users (i int); CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY); INSERT INTO alembic_version VALUES ('r1')")
 	r := &headsRunner{t: t, head: "r1"}
 	cache := t.TempDir() + "/heads.json"
-	o := Options{Target: target(pg, db), Image: "img", ImageID: "sha256:1", Project: "p", Runner: r, HeadsCache: cache, Logger: testLogger(t)}
+	o := Options{DB: target(pg, db), Image: "img", ImageID: "sha256:1", Project: "p", Runner: r, HeadsCache: cache, Logger: testLogger(t)}
 	for i := range 2 {
 		res, err := Run(context.Background(), o)
 		if err != nil {
@@ -112,8 +114,8 @@ func TestRunUnreachableDatabase(t *testing.T) {
 	port := testenv.FreePort(t) // nothing listens there
 	r := &headsRunner{t: t, head: "r1"}
 	o := Options{
-		Target: Target{Host: "127.0.0.1", Port: port, User: "redash", Password: secrets.NewValue("s3cret-pw"), DBName: "redash"},
-		Image:  "img", Project: "p", Runner: r, Deadline: 3 * time.Second, Logger: testLogger(t),
+		DB:    desired.DB{Host: "127.0.0.1", Port: port, User: "redash", Password: secrets.NewValue("s3cret-pw"), Name: "redash"},
+		Image: "img", Project: "p", Runner: r, Deadline: 3 * time.Second, Logger: testLogger(t),
 	}
 	start := time.Now()
 	_, err := Run(context.Background(), o)
@@ -142,7 +144,7 @@ func TestRunWrongPasswordIsFinal(t *testing.T) {
 	tg.Password = secrets.NewValue("definitely-wrong-pw")
 	r := &headsRunner{t: t, head: "r1"}
 	start := time.Now()
-	_, err := Run(context.Background(), Options{Target: tg, Image: "img", Project: "p", Runner: r, Deadline: 20 * time.Second})
+	_, err := Run(context.Background(), Options{DB: tg, Image: "img", Project: "p", Runner: r, Deadline: 20 * time.Second})
 	if err == nil || !strings.Contains(err.Error(), "password authentication failed") {
 		t.Fatalf("Run with a wrong password: %v", err)
 	}
@@ -172,7 +174,7 @@ func TestRunLockTimeoutNamesHolder(t *testing.T) {
 	}
 
 	r := &headsRunner{t: t, head: "r1"}
-	o := Options{Target: target(pg, db), Image: "img", Project: "p", Runner: r, LockTimeout: time.Second, Logger: testLogger(t)}
+	o := Options{DB: target(pg, db), Image: "img", Project: "p", Runner: r, LockTimeout: time.Second, Logger: testLogger(t)}
 	start := time.Now()
 	_, err = Run(ctx, o)
 	if err == nil {
@@ -199,7 +201,7 @@ func TestRunWorkerWaitsForHead(t *testing.T) {
 	t.Run("times out when nobody migrates", func(t *testing.T) {
 		db := pg.NewDatabase(t)
 		r := &headsRunner{t: t, head: "r2"}
-		o := Options{Target: target(pg, db), Image: "img", Project: "p", Role: RoleWorker, Runner: r, Deadline: 3 * time.Second, Logger: testLogger(t)}
+		o := Options{DB: target(pg, db), Image: "img", Project: "p", Role: compose.RoleWorker, Runner: r, Deadline: 3 * time.Second, Logger: testLogger(t)}
 		start := time.Now()
 		res, err := Run(context.Background(), o)
 		if err == nil {
@@ -223,7 +225,7 @@ func TestRunWorkerWaitsForHead(t *testing.T) {
 		db := pg.NewDatabase(t)
 		execSQL(t, pg, db, "CREATE TABLE users (i int); CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY); INSERT INTO alembic_version VALUES ('r1')")
 		r := &headsRunner{t: t, head: "r2"}
-		o := Options{Target: target(pg, db), Image: "img", Project: "p", Role: RoleWorker, Runner: r, Deadline: 30 * time.Second, Logger: testLogger(t)}
+		o := Options{DB: target(pg, db), Image: "img", Project: "p", Role: compose.RoleWorker, Runner: r, Deadline: 30 * time.Second, Logger: testLogger(t)}
 		go func() {
 			time.Sleep(1500 * time.Millisecond)
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -266,7 +268,7 @@ func TestRunWaitsForOrphanedMigration(t *testing.T) {
 	defer orphan.Close(context.Background())
 
 	r := &headsRunner{t: t, head: "r1"}
-	o := Options{Target: target(pg, db), Image: "img", Project: "p", Runner: r, Deadline: 7 * time.Second, Logger: testLogger(t)}
+	o := Options{DB: target(pg, db), Image: "img", Project: "p", Runner: r, Deadline: 7 * time.Second, Logger: testLogger(t)}
 	_, err = Run(ctx, o)
 	if err == nil || !strings.Contains(err.Error(), "orphaned migration") || !strings.Contains(err.Error(), "ip-10-0-0-9") {
 		t.Fatalf("Run beside a live migration session: %v; want an error naming it", err)
