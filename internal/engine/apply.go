@@ -282,19 +282,18 @@ func (e *Engine) resolveConflict(ctx context.Context, a Action, s spec) (string,
 				e.log().Info("adopting the identical container a concurrent run created", "container", a.Container)
 				return holder.ID, nil
 			}
-			// A leftover: remove it and retry once.
+			// A leftover: remove it, then take the name below. Its removal
+			// may already be under way (a killed run started it: Docker
+			// answers "in progress", which remove takes as done), and the
+			// name frees only when it ends, so a conflict polls again.
 			if err := e.stopRemove(ctx, a.Container, holder.ID, defaultStopGrace, "holds the name"); err != nil {
 				return "", err
 			}
-			id, err := e.create(ctx, a.Container, s)
-			if err != nil {
-				return "", fmt.Errorf("%w: remove the container holding the name with `docker rm -f %s`", err, a.Container)
-			}
-			return id, nil
 		case err != nil && !cerrdefs.IsNotFound(err):
 			return "", fmt.Errorf("inspecting container %q that holds the name: %w: remove it with `docker rm -f %s`", a.Container, err, a.Container)
 		}
-		// Not visible: the holder is still being created, or is gone.
+		// Removed, or not visible: the holder is still being created or
+		// removed, or is gone.
 		id, err := e.create(ctx, a.Container, s)
 		if !cerrdefs.IsConflict(err) {
 			return id, err
@@ -303,7 +302,7 @@ func (e *Engine) resolveConflict(ctx context.Context, a Action, s spec) (string,
 			return "", fmt.Errorf("creating container %q: %w", a.Container, err)
 		}
 	}
-	return "", fmt.Errorf("creating container %q: the name stays taken by a container that cannot be inspected: remove it with `docker rm -f %s`", a.Container, a.Container)
+	return "", fmt.Errorf("creating container %q: the name stays taken after 50 attempts to free it: remove the container holding it with `docker rm -f %s`", a.Container, a.Container)
 }
 
 // ensureNetwork makes sure the project network exists and returns the ID
