@@ -192,6 +192,7 @@ func (f *Fetcher) Fetch(ctx context.Context, refs []Ref) (map[string]Secret, err
 func (f *Fetcher) get(ctx, parent context.Context, id string, p Policy, budget string, log *slog.Logger) fetched {
 	start := time.Now()
 	in := &secretsmanager.GetSecretValueInput{SecretId: aws.String(id)}
+	var prev error // the previous attempt's failure
 	for attempt := 1; ; attempt++ {
 		began := time.Now()
 		actx, cancel := context.WithTimeout(ctx, p.AttemptTimeout)
@@ -217,8 +218,15 @@ func (f *Fetcher) get(ctx, parent context.Context, id string, p Policy, budget s
 			return fetched{err: be, attempts: attempt}
 		}
 		if ctx.Err() != nil {
+			// The deadline cut this attempt in flight: the previous
+			// attempt's answer (a 500, a refusal) says more than "no
+			// answer within the few ms that were left".
+			if prev != nil {
+				return giveUp(prev)
+			}
 			return giveUp(err)
 		}
+		prev = err
 		if !timedOut && !retryable(err) {
 			return fetched{err: err, attempts: attempt}
 		}

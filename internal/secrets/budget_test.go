@@ -103,6 +103,14 @@ func firstThen(n int, a action) func(int) action {
 // machine's scheduling noise is small against it.
 var budgetPolicy = Policy{AttemptTimeout: 400 * time.Millisecond, Deadline: 1500 * time.Millisecond, BackoffBase: 20 * time.Millisecond, BackoffMax: 150 * time.Millisecond}
 
+// bounded is a context for a fetch under test: a broken deadline fails
+// the test's timing check after at most 20s instead of hanging the package.
+func bounded(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
 // slack is how far past its deadline a fetch may return: the attempt in
 // flight is cancelled with the deadline, so this is only scheduling.
 const slack = 750 * time.Millisecond
@@ -127,7 +135,7 @@ func TestFetchBudgetThroughProxy(t *testing.T) {
 	t.Run("500 three times then moto answers", func(t *testing.T) {
 		px := startProxy(t, m.Endpoint, firstThen(3, fail500))
 		f, logs := newProxied(t, px.URL, budgetPolicy)
-		got, err := f.Fetch(context.Background(), []Ref{mustRef(t, DBPassword, "Redash/RDS/Password")})
+		got, err := f.Fetch(bounded(t), []Ref{mustRef(t, DBPassword, "Redash/RDS/Password")})
 		if err != nil {
 			t.Fatalf("Fetch: %v", err)
 		}
@@ -148,7 +156,7 @@ func TestFetchBudgetThroughProxy(t *testing.T) {
 	t.Run("throttled twice then moto answers", func(t *testing.T) {
 		px := startProxy(t, m.Endpoint, firstThen(2, throttle))
 		f, _ := newProxied(t, px.URL, budgetPolicy)
-		if _, err := f.Fetch(context.Background(), []Ref{mustRef(t, DBPassword, "Redash/RDS/Password")}); err != nil {
+		if _, err := f.Fetch(bounded(t), []Ref{mustRef(t, DBPassword, "Redash/RDS/Password")}); err != nil {
 			t.Fatalf("Fetch: %v", err)
 		}
 		if c := px.count(); c != 3 {
@@ -160,7 +168,7 @@ func TestFetchBudgetThroughProxy(t *testing.T) {
 		px := startProxy(t, m.Endpoint, always(fail500))
 		f, logs := newProxied(t, px.URL, budgetPolicy)
 		start := time.Now()
-		_, err := f.Fetch(context.Background(), []Ref{mustRef(t, DBPassword, "Redash/RDS/Password")})
+		_, err := f.Fetch(bounded(t), []Ref{mustRef(t, DBPassword, "Redash/RDS/Password")})
 		took := time.Since(start)
 		if err == nil {
 			t.Fatal("Fetch succeeded through a proxy that always answers 500")
@@ -201,7 +209,7 @@ func TestFetchBudgetThroughProxy(t *testing.T) {
 			px := startProxy(t, m.Endpoint, tc.script)
 			f, logs := newProxied(t, px.URL, budgetPolicy)
 			start := time.Now()
-			_, err := f.Fetch(context.Background(), []Ref{mustRef(t, DBPassword, tc.id)})
+			_, err := f.Fetch(bounded(t), []Ref{mustRef(t, DBPassword, tc.id)})
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("error %v, want one containing %q", err, tc.want)
 			}
@@ -272,7 +280,7 @@ func TestFetchHangingEndpoint(t *testing.T) {
 			endpoint, requests := tc.endpoint(t)
 			f, logs := newProxied(t, endpoint, budgetPolicy)
 			start := time.Now()
-			_, err := f.Fetch(context.Background(), []Ref{mustRef(t, DBPassword, "Redash/RDS/Password"), mustRef(t, CookieSecret, "Redash/CookieSecret")})
+			_, err := f.Fetch(bounded(t), []Ref{mustRef(t, DBPassword, "Redash/RDS/Password"), mustRef(t, CookieSecret, "Redash/CookieSecret")})
 			took := time.Since(start)
 			if err == nil {
 				t.Fatal("Fetch succeeded against an endpoint that never answers")
@@ -351,7 +359,7 @@ func TestFetchRefusedConnection(t *testing.T) {
 	l.Close()
 	f, logs := newProxied(t, endpoint, budgetPolicy)
 	start := time.Now()
-	_, err = f.Fetch(context.Background(), []Ref{mustRef(t, DBPassword, "Redash/RDS/Password")})
+	_, err = f.Fetch(bounded(t), []Ref{mustRef(t, DBPassword, "Redash/RDS/Password")})
 	took := time.Since(start)
 	if err == nil || !strings.Contains(err.Error(), "connection refused") || !strings.Contains(err.Error(), "budget ran out") {
 		t.Fatalf("error %v, want connection refused until the budget ran out", err)
@@ -410,7 +418,7 @@ func TestMeasurePolicies(t *testing.T) {
 				endpoint, count := fault.endpoint(t)
 				f, logs := newProxied(t, endpoint, pol.p)
 				start := time.Now()
-				_, err := f.Fetch(context.Background(), []Ref{mustRef(t, DBPassword, "Redash/RDS/Password")})
+				_, err := f.Fetch(bounded(t), []Ref{mustRef(t, DBPassword, "Redash/RDS/Password")})
 				took := time.Since(start)
 				if err == nil {
 					t.Fatal("Fetch succeeded")
