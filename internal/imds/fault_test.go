@@ -293,7 +293,7 @@ func TestInstanceFailures(t *testing.T) {
 		},
 		{
 			name: "token 400 is our bad request, not configuration", endpoint: fakeURL(tokenBadRequest), deadline: 2 * time.Second,
-			wantText: []string{"IMDSv2 token refused with 400 Bad Request"},
+			wantText: []string{"IMDSv2 token refused with 400 Bad Request", "malformed", EndpointEnv},
 			maxTime:  500 * time.Millisecond, status: exitcode.Failure,
 			checkFake: func(t *testing.T) {
 				if got := tokenBadRequest.log(); len(got) != 1 {

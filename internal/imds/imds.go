@@ -485,17 +485,17 @@ func (t *retryer) IsErrorRetryable(err error) bool {
 // restart the agent every RestartSec for nothing. A 400 means we sent a bad
 // TTL: a bug, exit 1.
 func tokenRefused(endpoint string, se *statusError) error {
-	err := fmt.Errorf("IMDSv2 token refused with %d %s by %s: %w: check the instance's metadata options "+
+	if se.status == http.StatusBadRequest {
+		return fmt.Errorf("IMDSv2 token refused with %d %s by %s: %w: the token request was malformed (a redash-agent bug: report it) "+
+			"or %s names something other than IMDS", se.status, http.StatusText(se.status), endpoint, se, EndpointEnv)
+	}
+	return exitcode.ConfigError(fmt.Errorf("IMDSv2 token refused with %d %s by %s: %w: check the instance's metadata options "+
 		"(`aws ec2 describe-instances --query 'Reservations[].Instances[].MetadataOptions'`): "+
 		"HttpEndpoint must be enabled, HttpTokens required or optional, and HttpPutResponseHopLimit 2 or more "+
 		"when the agent runs in a container; set them in the launch template's MetadataOptions or with "+
 		"`aws ec2 modify-instance-metadata-options`; a proxy that adds X-Forwarded-For is refused too, and %s "+
 		"must name IMDS if set. redash-agent never falls back to IMDSv1",
-		se.status, http.StatusText(se.status), endpoint, se, EndpointEnv)
-	if se.status == http.StatusBadRequest {
-		return err
-	}
-	return exitcode.ConfigError(err)
+		se.status, http.StatusText(se.status), endpoint, se, EndpointEnv))
 }
 
 // RetryDelay returns the backoff before the next attempt, or ends the
