@@ -32,10 +32,10 @@ type Policy struct {
 // costs a whole new boot, so a blip of the network or of Secrets Manager
 // (a NAT gateway or VPC endpoint still settling, a throttled burst of a
 // scaling Auto Scaling Group, a short 5xx episode) is ridden out for a
-// minute. Against an endpoint that never answers that is about a dozen 5 s
-// attempts; against one that refuses or answers 5xx, 10 to 16 attempts with
-// delays growing to 10 s (TestShippedPolicies; measured in
-// docs/reliability.md).
+// minute. Against an endpoint that never answers that is 7 or 8 attempts
+// of 5 s with the backoff between them; against one that refuses or answers
+// 5xx, 10 to 16 attempts with delays growing to 10 s (TestShippedPolicies;
+// measured in docs/reliability.md).
 var Boot = Policy{
 	AttemptTimeout: 5 * time.Second,
 	Deadline:       60 * time.Second,

@@ -73,8 +73,8 @@ func TestShippedPolicies(t *testing.T) {
 			if fewest < tc.minTries || most > tc.maxTries {
 				t.Errorf("%d to %d attempts against a failing endpoint, want within [%d, %d]", fewest, most, tc.minTries, tc.maxTries)
 			}
-			t.Logf("%s: deadline %v, %v per attempt, %d to %d attempts against an endpoint that fails at once, %d against one that never answers",
-				tc.name, p.Deadline, p.AttemptTimeout, fewest, most, int(p.Deadline/p.AttemptTimeout))
+			t.Logf("%s: deadline %v, %v per attempt, %d to %d attempts against an endpoint that fails at once",
+				tc.name, p.Deadline, p.AttemptTimeout, fewest, most)
 		})
 	}
 	if Refresh.Deadline >= Boot.Deadline {
