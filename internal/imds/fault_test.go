@@ -5,6 +5,7 @@ package imds
 // expiring token, an endpoint that never answers).
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -20,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redash-agent/redash-agent/internal/exitcode"
 	"github.com/redash-agent/redash-agent/internal/testenv"
 )
 
@@ -255,6 +257,8 @@ func TestInstanceFailures(t *testing.T) {
 	}
 
 	tokenRefused := &fakeIMDS{tokenStatus: http.StatusForbidden}
+	tokenUnauthorized := &fakeIMDS{tokenStatus: http.StatusUnauthorized}
+	tokenBadRequest := &fakeIMDS{tokenStatus: http.StatusBadRequest}
 	notIMDS := &fakeIMDS{tokenNoTTL: true}
 	tagsOff := &fakeIMDS{listing404s: -1}
 	tests := []struct {
@@ -265,15 +269,35 @@ func TestInstanceFailures(t *testing.T) {
 		wantText  []string
 		maxTime   time.Duration
 		minRetry  int
+		status    int // exitcode.Of(err); 0 means exitcode.Failure
 		checkFake func(t *testing.T)
 	}{
 		{
 			name: "token 403 is final and never falls back to v1", endpoint: fakeURL(tokenRefused), deadline: 2 * time.Second,
-			wantText: []string{"reading the instance id: ", "IMDSv2 token refused with 403 Forbidden", "never falls back to IMDSv1"},
-			maxTime:  500 * time.Millisecond,
+			wantText: []string{"reading the instance id: ", "IMDSv2 token refused with 403 Forbidden", "never falls back to IMDSv1",
+				"HttpTokens", "HttpPutResponseHopLimit", "modify-instance-metadata-options"},
+			maxTime: 500 * time.Millisecond,
+			// No restart can fix the instance's metadata options: exit 3,
+			// which the unit's RestartPreventExitStatus honours.
+			status: exitcode.Config,
 			checkFake: func(t *testing.T) {
 				if got := tokenRefused.log(); len(got) != 1 || got[0] != "PUT /latest/api/token" {
 					t.Errorf("requests = %q, want exactly one token PUT and no GET", got)
+				}
+			},
+		},
+		{
+			name: "token 401 is a configuration error too", endpoint: fakeURL(tokenUnauthorized), deadline: 2 * time.Second,
+			wantText: []string{"IMDSv2 token refused with 401 Unauthorized", "metadata options"},
+			maxTime:  500 * time.Millisecond, status: exitcode.Config,
+		},
+		{
+			name: "token 400 is our bad request, not configuration", endpoint: fakeURL(tokenBadRequest), deadline: 2 * time.Second,
+			wantText: []string{"IMDSv2 token refused with 400 Bad Request", "malformed", EndpointEnv},
+			maxTime:  500 * time.Millisecond, status: exitcode.Failure,
+			checkFake: func(t *testing.T) {
+				if got := tokenBadRequest.log(); len(got) != 1 {
+					t.Errorf("requests = %q, want exactly one token PUT", got)
 				}
 			},
 		},
@@ -336,6 +360,13 @@ func TestInstanceFailures(t *testing.T) {
 				if !strings.Contains(err.Error(), w) {
 					t.Errorf("error %q\nlacks %q", err, w)
 				}
+			}
+			if want := cmp.Or(tt.status, exitcode.Failure); exitcode.Of(err) != want {
+				t.Errorf("exit status %d, want %d: %v", exitcode.Of(err), want, err)
+			}
+			// As the agent wraps it: the status survives the wrapping.
+			if want := cmp.Or(tt.status, exitcode.Failure); exitcode.Of(fmt.Errorf("reading instance tags from IMDS: %w", err)) != want {
+				t.Errorf("wrapped, exit status %d, want %d", exitcode.Of(fmt.Errorf("x: %w", err)), want)
 			}
 			if elapsed > tt.maxTime {
 				t.Errorf("took %v, want at most %v (deadline %v)", elapsed, tt.maxTime, tt.deadline)

@@ -9,7 +9,9 @@
 // AWS_EC2_METADATA_DISABLED=true turns the client off.
 //
 // The SDK client keeps the session token; this package owns the policy. It
-// never falls back to IMDSv1: a refused token request is an error. At boot
+// never falls back to IMDSv1: a refused token request is an error, and one
+// the instance's metadata options cause (401, 403, 404, 405) carries exit
+// status 3 (exitcode), as no restart can fix it. At boot
 // the metadata service and the instance tags can appear late, so connection
 // errors, 5xx, 429 and a 404 on the tags are retried with jittered
 // exponential backoff until Options.Deadline, and every retry is logged.
@@ -39,6 +41,8 @@ import (
 	smithyhttp "github.com/aws/smithy-go/transport/http"
 	"github.com/redash-agent/redash-agent/internal/backoff"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/redash-agent/redash-agent/internal/exitcode"
 )
 
 const (
@@ -417,6 +421,13 @@ func (t *retryer) judge(err error) (verdict, error) {
 		t.r.mu.Lock()
 		defer t.r.mu.Unlock()
 		return fail, cmp.Or(t.r.tokenErr, err)
+	case t.kind != kindToken && errors.As(err, &re) && re.Response != nil && re.Response.Request != nil &&
+		re.Response.Request.Method == http.MethodPut:
+		// The SDK hands a 400 on the token PUT to the GET unmarked; it is
+		// the token's failure, already judged and explained by its retryer.
+		t.r.mu.Lock()
+		defer t.r.mu.Unlock()
+		return fail, cmp.Or(t.r.tokenErr, err)
 	case errors.As(err, &re):
 		return classify(t.kind, re.HTTPStatusCode()), &statusError{method, t.path, re.HTTPStatusCode()}
 	case t.kind == kindToken && errors.As(err, new(*strconv.NumError)):
@@ -440,14 +451,30 @@ func (t *retryer) IsErrorRetryable(err error) bool {
 	case v == retoken:
 		cause = fmt.Errorf("the metadata endpoint rejected %d fresh IMDSv2 tokens: %w", maxRetokens, cause)
 	case t.kind == kindToken && errors.As(cause, new(*statusError)):
-		se := cause.(*statusError)
-		cause = fmt.Errorf("IMDSv2 token refused with %d %s by %s: is the metadata endpoint IMDSv2-enabled "+
-			"(launch template MetadataOptions HttpEndpoint: enabled; HttpPutResponseHopLimit 2 or more when "+
-			"called from a container)? redash-agent never falls back to IMDSv1: %w",
-			se.status, http.StatusText(se.status), t.r.c.endpoint, se)
+		cause = tokenRefused(t.r.c.endpoint, cause.(*statusError))
 	}
 	t.end(cause)
 	return false
+}
+
+// tokenRefused explains a token PUT that IMDS answered with a final status.
+// A 401, 403, 404 or 405 means the instance's metadata options (or the
+// endpoint setting) refuse IMDSv2 tokens: that stays so until a person
+// changes them, so the error carries exit status 3 and systemd does not
+// restart the agent every RestartSec for nothing. A 400 means we sent a bad
+// TTL: a bug, exit 1.
+func tokenRefused(endpoint string, se *statusError) error {
+	if se.status == http.StatusBadRequest {
+		return fmt.Errorf("IMDSv2 token refused with %d %s by %s: %w: the token request was malformed (a redash-agent bug: report it) "+
+			"or %s names something other than IMDS", se.status, http.StatusText(se.status), endpoint, se, EndpointEnv)
+	}
+	return exitcode.ConfigError(fmt.Errorf("IMDSv2 token refused with %d %s by %s: %w: check the instance's metadata options "+
+		"(`aws ec2 describe-instances --query 'Reservations[].Instances[].MetadataOptions'`): "+
+		"HttpEndpoint must be enabled, HttpTokens required or optional, and HttpPutResponseHopLimit 2 or more "+
+		"when the agent runs in a container; set them in the launch template's MetadataOptions or with "+
+		"`aws ec2 modify-instance-metadata-options`; a proxy that adds X-Forwarded-For is refused too, and %s "+
+		"must name IMDS if set. redash-agent never falls back to IMDSv1",
+		se.status, http.StatusText(se.status), endpoint, se, EndpointEnv))
 }
 
 // RetryDelay returns the backoff before the next attempt, or ends the

@@ -5,8 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
+	"math/rand/v2"
+	"net/http"
 	"slices"
 	"strings"
 	"sync"
@@ -28,139 +29,135 @@ type API interface {
 
 var _ API = (*secretsmanager.Client)(nil)
 
-// Retry policy for boot: patient enough to ride out throttling and a brief
-// Secrets Manager or network hiccup (worst case about half a minute), short
-// enough that systemd's own restart takes over from there.
-const (
-	maxAttempts = 5
-	maxBackoff  = 10 * time.Second
-	// maxParallel bounds concurrent GetSecretValue calls; there are about six
-	// secrets, so this only matters for odd configurations.
-	maxParallel = 8
-)
+// maxParallel bounds concurrent GetSecretValue calls; there are about six
+// secrets, so this only matters for odd configurations.
+const maxParallel = 8
 
 // Fetcher reads secrets from AWS Secrets Manager.
 type Fetcher struct {
 	API    API
 	Logger *slog.Logger // nil: no logging
-	// Region only appears in error messages ("not found in region ...");
-	// NewAWS sets it.
-	Region string
+	// Region and Endpoint only appear in error messages ("not found in
+	// region ...", "no answer from ..."); NewAWS sets them.
+	Region   string
+	Endpoint string
+	// Policy is the time budget of each Fetch; zero fields take Boot's.
+	// The retries are ours, not the SDK's: API must make one attempt per
+	// call (NewAWS's client does), or the attempts multiply.
+	Policy Policy
 }
+
+// Option changes what NewAWS builds.
+type Option func(*Fetcher)
+
+// WithPolicy sets the Fetcher's time budget: Boot (the default) for a boot,
+// Refresh for run's periodic re-fetch, something short in tests.
+func WithPolicy(p Policy) Option { return func(f *Fetcher) { f.Policy = p } }
 
 // NewAWS builds a Fetcher from the default AWS configuration: the standard
 // credential chain (instance role on EC2), endpoint overrides such as
 // AWS_ENDPOINT_URL_SECRETS_MANAGER, and region, falling back to AWS_REGION
-// when region is empty. Its retryer is the SDK's standard mode (throttling,
-// 5xx and network errors retried with exponential backoff and jitter, 4xx
-// final), bounded to a few attempts, and logs every retry.
-func NewAWS(ctx context.Context, region string, logger *slog.Logger) (*Fetcher, error) {
-	return newAWS(ctx, region, logger)
-}
-
-// newAWS lets tests shrink the backoff; production uses the defaults above.
-func newAWS(ctx context.Context, region string, logger *slog.Logger, tune ...func(*retry.StandardOptions)) (*Fetcher, error) {
+// when region is empty. Its time budget is Boot unless an option says
+// otherwise. The SDK's own retryer is switched off: Fetch retries
+// throttling, 5xx and connection errors within the Policy (each attempt
+// logged) and stops at once on any other 4xx.
+func NewAWS(ctx context.Context, region string, logger *slog.Logger, opts ...Option) (*Fetcher, error) {
 	logger = orDiscard(logger)
-	opts := []func(*config.LoadOptions) error{
-		config.WithRetryer(func() aws.Retryer { return newRetryer(logger, tune...) }),
+	load := []func(*config.LoadOptions) error{
+		// One attempt per call: the SDK's standard retryer gives up after a
+		// count of attempts whatever the time (five in about half a second
+		// on a refused connection), which no boot budget can be built on.
+		config.WithRetryer(func() aws.Retryer { return aws.NopRetryer{} }),
 	}
 	if region != "" {
-		opts = append(opts, config.WithRegion(region))
+		load = append(load, config.WithRegion(region))
 	}
-	cfg, err := config.LoadDefaultConfig(ctx, opts...)
+	cfg, err := config.LoadDefaultConfig(ctx, load...)
 	if err != nil {
 		return nil, fmt.Errorf("loading AWS configuration for Secrets Manager: %w: check the AWS_* environment variables and shared config files", err)
 	}
 	if cfg.Region == "" {
 		return nil, &Error{Config: true, msg: "choosing the AWS region for Secrets Manager: none given: run on EC2 (the region comes from IMDS) or set AWS_REGION"}
 	}
-	return &Fetcher{API: secretsmanager.NewFromConfig(cfg), Logger: logger, Region: cfg.Region}, nil
-}
-
-func newRetryer(logger *slog.Logger, tune ...func(*retry.StandardOptions)) aws.RetryerV2 {
-	std := retry.NewStandard(append([]func(*retry.StandardOptions){func(o *retry.StandardOptions) {
-		o.MaxAttempts = maxAttempts
-		o.MaxBackoff = maxBackoff
-	}}, tune...)...)
-	return loggingRetryer{RetryerV2: std, logger: logger}
-}
-
-// loggingRetryer is the SDK's standard retryer plus one log line per retry,
-// so a slow boot shows in the journal why it is slow. The SDK asks for the
-// delay only once it has decided to retry, which makes RetryDelay the hook.
-type loggingRetryer struct {
-	aws.RetryerV2
-	logger   *slog.Logger
-	secretID string // set per call by withSecretID
-}
-
-func (r loggingRetryer) RetryDelay(attempt int, err error) (time.Duration, error) {
-	d, derr := r.RetryerV2.RetryDelay(attempt, err)
-	if derr == nil {
-		r.logger.Warn("retrying Secrets Manager request",
-			"secret_id", r.secretID, "failed_attempt", attempt, "max_attempts", r.MaxAttempts(),
-			"delay", d.Round(time.Millisecond), "error", err)
+	client := secretsmanager.NewFromConfig(cfg)
+	f := &Fetcher{API: client, Logger: logger, Region: cfg.Region, Endpoint: endpointOf(ctx, client.Options())}
+	for _, o := range opts {
+		o(f)
 	}
-	return d, derr
+	return f, nil
 }
 
-// withSecretID makes the retry log name the secret being fetched. The
-// retryer value is copied per call; its token bucket is shared through the
-// embedded pointer, as the SDK intends.
-func withSecretID(id string) func(*secretsmanager.Options) {
-	return func(o *secretsmanager.Options) {
-		if lr, ok := o.Retryer.(loggingRetryer); ok {
-			lr.secretID = id
-			o.Retryer = lr
-		}
+// endpointOf resolves the URL the client sends to, the way the SDK does
+// (AWS_ENDPOINT_URL_SECRETS_MANAGER, FIPS and dual-stack settings, region),
+// so that a timeout names the host an operator must make reachable.
+func endpointOf(ctx context.Context, o secretsmanager.Options) string {
+	ep, err := secretsmanager.NewDefaultEndpointResolverV2().ResolveEndpoint(ctx, secretsmanager.EndpointParameters{
+		Region:       aws.String(o.Region),
+		Endpoint:     o.BaseEndpoint,
+		UseFIPS:      aws.Bool(o.EndpointOptions.UseFIPSEndpoint == aws.FIPSEndpointStateEnabled),
+		UseDualStack: aws.Bool(o.EndpointOptions.UseDualStackEndpoint == aws.DualStackEndpointStateEnabled),
+	})
+	if err != nil {
+		return ""
 	}
+	return ep.URI.String()
 }
 
 func orDiscard(l *slog.Logger) *slog.Logger {
 	if l == nil {
-		return slog.New(slog.NewTextHandler(io.Discard, nil))
+		return slog.New(slog.DiscardHandler)
 	}
 	return l
 }
 
+// fetched is the outcome of getting one secret id.
+type fetched struct {
+	out      *secretsmanager.GetSecretValueOutput
+	err      error
+	attempts int
+}
+
 // Fetch gets every ref in parallel, each distinct SecretID once even when
 // several refs point into one JSON secret, and returns them keyed by
-// Ref.Name with the VersionId they were read at. On failure it returns one
-// error naming every secret that failed (exitcode.Of classifies it) and no
-// secrets.
+// Ref.Name with the VersionId they were read at. It returns by the earlier
+// of ctx's deadline and the Policy's, whatever the network does. On failure
+// it returns one error naming every secret that failed (exitcode.Of
+// classifies it) and no secrets.
 func (f *Fetcher) Fetch(ctx context.Context, refs []Ref) (map[string]Secret, error) {
 	log := orDiscard(f.Logger)
 	if err := validateRefs(refs); err != nil {
 		return nil, err
 	}
-
-	type result struct {
-		out *secretsmanager.GetSecretValueOutput
-		err error
+	p := f.Policy.orBoot()
+	parent := ctx
+	ctx, cancel := context.WithTimeout(ctx, p.Deadline)
+	defer cancel()
+	// Name the budget that will end the retries, for the error message.
+	budget := p.Deadline.String()
+	if dl, ok := parent.Deadline(); ok && time.Until(dl) < p.Deadline {
+		budget = "caller's " + time.Until(dl).Round(time.Millisecond).String()
 	}
+
 	var ids []string
 	for _, r := range refs {
 		if !slices.Contains(ids, r.SecretID) {
 			ids = append(ids, r.SecretID)
 		}
 	}
-	results := make([]result, len(ids))
+	results := make([]fetched, len(ids))
 	sem := make(chan struct{}, maxParallel)
 	var wg sync.WaitGroup
+	start := time.Now()
 	for i, id := range ids {
 		wg.Go(func() {
 			select {
 			case sem <- struct{}{}:
 			case <-ctx.Done():
-				results[i].err = ctx.Err()
+				results[i] = fetched{err: &budgetError{last: ctx.Err(), caller: parent.Err(), took: time.Since(start), budget: budget}}
 				return
 			}
 			defer func() { <-sem }()
-			out, err := f.API.GetSecretValue(ctx, &secretsmanager.GetSecretValueInput{SecretId: aws.String(id)}, withSecretID(id))
-			if err == nil && out == nil {
-				err = errors.New("empty response")
-			}
-			results[i] = result{out: out, err: err}
+			results[i] = f.get(ctx, parent, id, p, budget, log)
 		})
 	}
 	wg.Wait()
@@ -180,13 +177,127 @@ func (f *Fetcher) Fetch(ctx context.Context, refs []Ref) (map[string]Secret, err
 		}
 		s := Secret{Ref: r, Value: v, VersionID: aws.ToString(res.out.VersionId)}
 		got[r.Name] = s
-		log.Info("fetched secret", "name", r.Name, "secret_id", r.SecretID, "json_key", r.JSONKey, "version_id", s.VersionID)
+		log.Info("fetched secret", "name", r.Name, "secret_id", r.SecretID, "json_key", r.JSONKey, "version_id", s.VersionID, "attempts", res.attempts)
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
 	return got, nil
 }
+
+// get reads one secret id: attempts of at most p.AttemptTimeout each, spaced
+// by p's backoff, until one succeeds, one fails for good, or ctx (the fetch's
+// deadline) ends. parent is the caller's context, to tell its cancellation
+// from our deadline.
+func (f *Fetcher) get(ctx, parent context.Context, id string, p Policy, budget string, log *slog.Logger) fetched {
+	start := time.Now()
+	in := &secretsmanager.GetSecretValueInput{SecretId: aws.String(id)}
+	var prev error // the previous attempt's failure
+	for attempt := 1; ; attempt++ {
+		began := time.Now()
+		actx, cancel := context.WithTimeout(ctx, p.AttemptTimeout)
+		out, err := f.API.GetSecretValue(actx, in)
+		// The attempt's own clock, not the fetch's, cut it short: retry.
+		timedOut := err != nil && actx.Err() != nil && ctx.Err() == nil
+		// Either clock cut it short while waiting for an answer: the
+		// message says "timed out", not the SDK's "canceled".
+		if err != nil && errors.Is(actx.Err(), context.DeadlineExceeded) {
+			err = &attemptTimeout{after: time.Since(began).Round(time.Millisecond), err: err}
+		}
+		cancel()
+		if err == nil && out == nil {
+			err = errors.New("empty response")
+		}
+		if err == nil {
+			return fetched{out: out, attempts: attempt}
+		}
+		giveUp := func(last error) fetched {
+			be := &budgetError{attempts: attempt, took: time.Since(start), last: last, caller: parent.Err(), budget: budget, attemptTimeout: p.AttemptTimeout}
+			log.Warn("giving up on Secrets Manager request", "secret_id", id, "endpoint", f.Endpoint,
+				"attempts", attempt, "took", be.took.Round(time.Millisecond), "error", last)
+			return fetched{err: be, attempts: attempt}
+		}
+		if ctx.Err() != nil {
+			// The deadline cut this attempt in flight: the previous
+			// attempt's answer (a 500, a refusal) says more than "no
+			// answer within the few ms that were left".
+			if prev != nil {
+				return giveUp(prev)
+			}
+			return giveUp(err)
+		}
+		prev = err
+		if !timedOut && !retryable(err) {
+			return fetched{err: err, attempts: attempt}
+		}
+		delay := p.backoff(attempt, rand.Float64())
+		if left := time.Until(deadlineOf(ctx)); delay < left {
+			log.Warn("retrying Secrets Manager request", "secret_id", id, "endpoint", f.Endpoint,
+				"failed_attempt", attempt, "delay", delay.Round(time.Millisecond),
+				"budget_left", left.Round(time.Millisecond), "error", err)
+		}
+		// When the next attempt would start after the deadline, wait for
+		// the deadline anyway: a fetch that keeps failing ends when its
+		// budget says, not up to BackoffMax earlier, so that "boot rides
+		// out a blip of one minute" holds to the second.
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return giveUp(err)
+		}
+	}
+}
+
+func deadlineOf(ctx context.Context) time.Time {
+	dl, _ := ctx.Deadline()
+	return dl
+}
+
+// retryable reports whether a failed attempt may succeed if repeated:
+// throttling, any 5xx or 429, and connection errors, as the SDK's standard
+// retryer classifies them. Any other answer (not found, access denied, KMS,
+// a bad request) is final: no retry can change it.
+func retryable(err error) bool {
+	var status interface{ HTTPStatusCode() int }
+	if errors.As(err, &status) && (status.HTTPStatusCode() >= 500 || status.HTTPStatusCode() == http.StatusTooManyRequests) {
+		return true
+	}
+	if retry.IsErrorThrottles(retry.DefaultThrottles).IsErrorThrottle(err) == aws.TrueTernary {
+		return true
+	}
+	return retry.IsErrorRetryables(retry.DefaultRetryables).IsErrorRetryable(err) == aws.TrueTernary
+}
+
+// attemptTimeout is an attempt cut short by Policy.AttemptTimeout.
+type attemptTimeout struct {
+	after time.Duration
+	err   error
+}
+
+func (e *attemptTimeout) Error() string {
+	return fmt.Sprintf("no answer within %s", e.after)
+}
+func (e *attemptTimeout) Unwrap() error { return e.err }
+
+// budgetError is a fetch of one id that ran out of time (its Policy's
+// deadline or the caller's) while retrying; last is the last attempt's
+// failure, caller the caller's context error if the caller ended it.
+type budgetError struct {
+	attempts int
+	took     time.Duration
+	last     error
+	caller   error
+	budget   string // "60s", or "caller's 12s" when the caller's deadline came first
+
+	attemptTimeout time.Duration // Policy.AttemptTimeout, for the message
+}
+
+func (e *budgetError) Error() string {
+	return fmt.Sprintf("%d attempt(s) in %s, last: %v", e.attempts, e.took.Round(time.Millisecond), e.last)
+}
+func (e *budgetError) Unwrap() error { return e.last }
 
 // validateRefs rejects refs no fetch could satisfy: a caller bug or a bad
 // configuration, reported before any network call.
@@ -242,8 +353,37 @@ func (f *Fetcher) apiError(r Ref, err error) *Error {
 	case errors.As(err, &invalidPar):
 		return configErr(r, err, "was rejected%s (AWS: %s): fix tag %s to hold a secret name or ARN", in, invalidPar.ErrorMessage(), tagFor(r.Name))
 	}
-	return &Error{Name: r.Name, SecretID: r.SecretID, err: err,
-		msg: fmt.Sprintf("fetching %s%s: %v: Secrets Manager or the network kept failing after retries; the agent tries again when it restarts", describe(r), in, err)}
+	return f.transientError(r, err, in)
+}
+
+// transientError is the message for a secret Secrets Manager did not refuse
+// but did not deliver either: the network, throttling or 5xx until the
+// budget ran out, or an error retries are not known to fix. Exit status 1:
+// systemd restarts the agent, which tries again.
+func (f *Fetcher) transientError(r Ref, err error, in string) *Error {
+	from := ""
+	if f.Endpoint != "" {
+		from = " from " + f.Endpoint
+	}
+	network := "check network access from this instance to the Secrets Manager endpoint" + from +
+		" (security group egress, a route to a NAT gateway, or an interface VPC endpoint for secretsmanager with private DNS)"
+	var be *budgetError
+	var at *attemptTimeout
+	var msg string
+	switch {
+	case errors.As(err, &be) && be.caller != nil:
+		msg = fmt.Sprintf("fetching %s%s%s: stopped by the caller after %v: %v", describe(r), in, from, be, be.caller)
+	case errors.As(err, &be) && errors.As(err, &at):
+		msg = fmt.Sprintf("fetching %s%s%s: timed out: no answer within %s per attempt (%v): %s; the agent tries again when it restarts",
+			describe(r), in, from, be.attemptTimeout, be, network)
+	case errors.As(err, &be):
+		msg = fmt.Sprintf("fetching %s%s%s: %v: Secrets Manager or the network kept failing after retries until the %s budget ran out: %s; the agent tries again when it restarts",
+			describe(r), in, from, be, be.budget, network)
+	default:
+		msg = fmt.Sprintf("fetching %s%s%s: %v: not retried, as retrying is not known to help with this error; the agent tries again when it restarts",
+			describe(r), in, from, err)
+	}
+	return &Error{Name: r.Name, SecretID: r.SecretID, err: err, msg: msg}
 }
 
 // extract picks the value out of a fetched secret. JSON decoding errors are

@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
 )
 
@@ -76,25 +75,37 @@ func TestFetchFaults(t *testing.T) {
 		wantValue string   // on success
 		wantErr   []string // substrings, on failure
 		config    bool     // exit status 3 (exitcode.Config)
-		calls     int
-		retries   int // "retrying" log lines
+		calls     int      // exactly, or at least when budget is set
+		budget    bool     // ends by running out of the policy's deadline
 	}{
 		{name: "throttling then success", script: func(n int) reply {
 			if n <= 2 {
 				return awsErr(400, "ThrottlingException", "Rate exceeded")
 			}
 			return ok("after-throttle")
-		}, wantValue: "after-throttle", calls: 3, retries: 2},
+		}, wantValue: "after-throttle", calls: 3},
 		{name: "500 then success", script: func(n int) reply {
 			if n == 1 {
 				return awsErr(500, "InternalServiceError", "oops")
 			}
 			return ok("after-500")
-		}, wantValue: "after-500", calls: 2, retries: 1},
-		{name: "503 until attempts run out is transient",
-			script:  func(int) reply { return awsErr(503, "ServiceUnavailable", "try later") },
-			wantErr: []string{`fetching secret "db-password" (id "Redash/RDS/Password") in region us-east-1: `, "kept failing after retries"},
-			calls:   maxAttempts, retries: maxAttempts - 1},
+		}, wantValue: "after-500", calls: 2},
+		{name: "429 then success", script: func(n int) reply {
+			if n == 1 {
+				return awsErr(429, "TooManyRequestsException", "slow down")
+			}
+			return ok("after-429")
+		}, wantValue: "after-429", calls: 2},
+		{name: "503 until the budget runs out is transient",
+			script: func(int) reply { return awsErr(503, "ServiceUnavailable", "try later") },
+			wantErr: []string{`fetching secret "db-password" (id "Redash/RDS/Password") in region us-east-1 from http://127.0.0.1:`,
+				"attempt(s) in ", "kept failing after retries until the 600ms budget ran out", "check network access", "tries again when it restarts"},
+			calls: 4, budget: true},
+		{name: "unknown 4xx is final and transient",
+			script: func(int) reply {
+				return awsErr(400, "UnrecognizedClientException", "The security token included in the request is invalid.")
+			},
+			wantErr: []string{"UnrecognizedClientException", "not retried", "tries again when it restarts"}, calls: 1},
 		{name: "access denied is final",
 			script: func(int) reply {
 				return awsErr(400, "AccessDeniedException", "User: arn:aws:sts::1:assumed-role/redash/i-1 is not authorized")
@@ -128,7 +139,7 @@ func TestFetchFaults(t *testing.T) {
 			setAWSEnv(t, srv.URL)
 			logger, logs := logBuffer()
 			// Real backoff shape, shrunk so the test takes milliseconds.
-			f, err := newAWS(testCtx(t), "us-east-1", logger, func(o *retry.StandardOptions) { o.MaxBackoff = 5 * time.Millisecond })
+			f, err := NewAWS(testCtx(t), "us-east-1", logger, WithPolicy(fastPolicy))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -153,12 +164,17 @@ func TestFetchFaults(t *testing.T) {
 					t.Errorf("isConfigError = %v, want %v for %q", !tc.config, tc.config, err)
 				}
 			}
-			if c := srv.Calls(); c != tc.calls {
-				t.Errorf("server saw %d calls, want %d", c, tc.calls)
+			c := srv.Calls()
+			if c != tc.calls && !(tc.budget && c >= tc.calls) {
+				t.Errorf("server saw %d calls, want %d (at least, for a budget: %v)", c, tc.calls, tc.budget)
 			}
+			// Every failed attempt but the last is logged as a retry.
 			retries := strings.Count(logs.String(), "retrying Secrets Manager request")
-			if retries != tc.retries {
-				t.Errorf("logged %d retries, want %d:\n%s", retries, tc.retries, logs)
+			if want := c - 1; tc.wantErr == nil && retries != want || tc.budget && retries != want {
+				t.Errorf("logged %d retries for %d calls, want %d:\n%s", retries, c, want, logs)
+			}
+			if !tc.budget && tc.wantErr != nil && retries != 0 {
+				t.Errorf("logged %d retries of a final error:\n%s", retries, logs)
 			}
 			if retries > 0 && !strings.Contains(logs.String(), "secret_id=Redash/RDS/Password") {
 				t.Errorf("retry log does not name the secret id:\n%s", logs)
@@ -167,36 +183,9 @@ func TestFetchFaults(t *testing.T) {
 	}
 }
 
-// TestFetchFaultsDefaultBackoff checks that NewAWS's own retryer (no test
-// tuning) retries throttling, and within the first backoff step (a jittered
-// delay of at most a second for throttling), not the SDK's 20s cap.
-func TestFetchFaultsDefaultBackoff(t *testing.T) {
-	var mu sync.Mutex
-	var times []time.Time
-	srv := newFaultServer(t, func(n int) reply {
-		mu.Lock()
-		times = append(times, time.Now())
-		mu.Unlock()
-		if n == 1 {
-			return awsErr(400, "ThrottlingException", "Rate exceeded")
-		}
-		return ok("v")
-	})
-	setAWSEnv(t, srv.URL)
-	f, err := NewAWS(testCtx(t), "us-east-1", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.Fetch(testCtx(t), []Ref{mustRef(t, SecretKey, "x")}); err != nil {
-		t.Fatal(err)
-	}
-	if len(times) != 2 {
-		t.Fatalf("%d calls, want 2", len(times))
-	}
-	if gap := times[1].Sub(times[0]); gap > 3*time.Second {
-		t.Errorf("gap between attempts %v, want at most the 2s throttling backoff", gap)
-	}
-}
+// fastPolicy is the real retry loop with delays shrunk so that a test
+// takes milliseconds.
+var fastPolicy = Policy{AttemptTimeout: time.Second, Deadline: 600 * time.Millisecond, BackoffBase: 5 * time.Millisecond, BackoffMax: 40 * time.Millisecond}
 
 func TestIsConfigError(t *testing.T) {
 	cfg := &Error{Config: true, msg: "c"}

@@ -43,9 +43,9 @@ func testCtx(t *testing.T) context.Context {
 }
 
 // logBuffer captures every log record, at every level, as text.
-func logBuffer() (*slog.Logger, *bytes.Buffer) {
-	var buf bytes.Buffer
-	return slog.New(slog.NewTextHandler(&syncWriter{w: &buf}, &slog.HandlerOptions{Level: slog.LevelDebug})), &buf
+func logBuffer() (*slog.Logger, *syncWriter) {
+	w := &syncWriter{w: &bytes.Buffer{}}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug})), w
 }
 
 type syncWriter struct {
@@ -57,6 +57,13 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.w.Write(p)
+}
+
+// String is what was logged so far; the fetch goroutines may still write.
+func (s *syncWriter) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.String()
 }
 
 func mustRef(t *testing.T, name, s string) Ref {

@@ -38,7 +38,8 @@ func TestErrorReasons(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			f := &Fetcher{API: errAPI{tc.err}, Region: "us-east-1"}
+			// A short budget: "connection reset" is retried until it ends.
+			f := &Fetcher{API: errAPI{tc.err}, Region: "us-east-1", Policy: fastPolicy}
 			_, err := f.Fetch(context.Background(), []Ref{{Name: DBPassword, SecretID: "Redash/RDS/Password"}, {Name: SecretKey, SecretID: "Redash/SecretKey"}})
 			if err == nil {
 				t.Fatal("Fetch succeeded")
