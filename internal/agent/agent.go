@@ -70,6 +70,11 @@ type Agent struct {
 	// sets the real clients, unit tests fakes (tailscale's awsstore
 	// newStore(…, client) pattern).
 	remote remotes
+	// secretsPolicy bounds each Secrets Manager fetch: secrets.Boot until
+	// the first READY (a boot rides out tens of seconds of trouble), then
+	// run switches to the shorter secrets.Refresh so a refresh never holds
+	// the loop, or a stop, for a minute.
+	secretsPolicy secrets.Policy
 	// timings of this converge's steps, for the one-line boot summary.
 	timings []timing
 }
@@ -96,15 +101,15 @@ var (
 // Secrets Manager client on the region the configuration resolves to.
 type remotes struct {
 	imds    func(imds.Options) instanceReader
-	secrets func(ctx context.Context, region string, log *slog.Logger) (secretStore, error)
+	secrets func(ctx context.Context, region string, policy secrets.Policy, log *slog.Logger) (secretStore, error)
 }
 
 // awsRemotes are the real IMDSv2 and Secrets Manager clients.
 func awsRemotes() remotes {
 	return remotes{
 		imds: func(o imds.Options) instanceReader { return imds.New(o) },
-		secrets: func(ctx context.Context, region string, log *slog.Logger) (secretStore, error) {
-			return secrets.NewAWS(ctx, region, log)
+		secrets: func(ctx context.Context, region string, policy secrets.Policy, log *slog.Logger) (secretStore, error) {
+			return secrets.NewAWS(ctx, region, log, secrets.WithPolicy(policy))
 		},
 	}
 }
@@ -119,7 +124,7 @@ func newAgent(o Options, r remotes) *Agent {
 	if o.StateDir == "" {
 		o.StateDir = DefaultStateDir
 	}
-	return &Agent{o: o, log: o.Logger, remote: r}
+	return &Agent{o: o, log: o.Logger, remote: r, secretsPolicy: secrets.Boot}
 }
 
 // ErrNotConfigured means the instance carries no redash: tags and no
@@ -275,7 +280,7 @@ func (a *Agent) FetchSecrets(ctx context.Context, cfg config.Config) (map[string
 			store = &secrets.LocalStore{Path: a.localSecrets()}
 		} else {
 			var err error
-			if store, err = a.remote.secrets(ctx, cfg.Region, a.log); err != nil {
+			if store, err = a.remote.secrets(ctx, cfg.Region, a.secretsPolicy, a.log); err != nil {
 				return err
 			}
 		}

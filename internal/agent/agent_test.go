@@ -99,8 +99,9 @@ type harness struct {
 	imds *fakeIMDS
 	sm   *fakeSM
 	logs *bytes.Buffer
-	// region the agent asked the Secrets Manager client for.
+	// region and budget the agent asked the Secrets Manager client for.
 	smRegion string
+	smPolicy secrets.Policy
 }
 
 type setup struct {
@@ -157,8 +158,8 @@ func newHarness(t *testing.T, s setup) *harness {
 			h.imds.mu.Unlock()
 			return h.imds
 		},
-		secrets: func(_ context.Context, region string, _ *slog.Logger) (secretStore, error) {
-			h.smRegion = region
+		secrets: func(_ context.Context, region string, policy secrets.Policy, _ *slog.Logger) (secretStore, error) {
+			h.smRegion, h.smPolicy = region, policy
 			// Boot's budget shrunk: a failing fake is retried until it ends.
 			return &secrets.Fetcher{API: h.sm, Region: region, Policy: secrets.Policy{Deadline: 300 * time.Millisecond, BackoffBase: 10 * time.Millisecond, BackoffMax: 50 * time.Millisecond}}, nil
 		},
@@ -438,7 +439,7 @@ func TestRenderDryRun(t *testing.T) {
 // generated once under the state directory and reused.
 func TestRenderLocal(t *testing.T) {
 	h := newHarness(t, setup{config: "provider: local\n", imdsErr: errors.New("must not be called")})
-	h.remote.secrets = func(context.Context, string, *slog.Logger) (secretStore, error) {
+	h.remote.secrets = func(context.Context, string, secrets.Policy, *slog.Logger) (secretStore, error) {
 		t.Error("provider local asked for a Secrets Manager client")
 		return nil, errors.New("unreachable")
 	}
@@ -512,5 +513,24 @@ func assertNoSecret(t *testing.T, where, s string) {
 		if strings.Contains(s, v) {
 			t.Errorf("%s holds a secret value:\n%s", where, s)
 		}
+	}
+}
+
+// TestSecretsBudget: a boot fetch gets the patient secrets.Boot budget; once
+// run has switched to secrets.Refresh, the next fetch gets that one.
+func TestSecretsBudget(t *testing.T) {
+	h := newHarness(t, setup{tags: redashTags()})
+	if _, err := h.Render(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if h.smPolicy != secrets.Boot {
+		t.Errorf("boot fetch budget = %+v, want secrets.Boot %+v", h.smPolicy, secrets.Boot)
+	}
+	h.secretsPolicy = secrets.Refresh
+	if _, err := h.Render(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if h.smPolicy != secrets.Refresh {
+		t.Errorf("refresh fetch budget = %+v, want secrets.Refresh %+v", h.smPolicy, secrets.Refresh)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/redash-agent/redash-agent/internal/secrets"
 	"math/rand/v2"
 	"strings"
 	"sync"
@@ -86,6 +87,9 @@ func (a *Agent) Run(ctx context.Context, n Notifier) error {
 
 	refresh := res.Config.Refresh
 	project := res.Config.Project
+	// From here on a Secrets Manager outage only delays a refresh: the
+	// running stack stays as it is, so a fetch gives up sooner.
+	a.secretsPolicy = secrets.Refresh
 	for {
 		died, unwatch := a.watchContainers(ctx, project)
 		timer := time.NewTimer(splay(refresh))
