@@ -33,9 +33,12 @@ const (
 
 // globals are the flags every command shares.
 type globals struct {
-	dir          string
-	stateDir     string
-	configFile   string
+	dir        string
+	stateDir   string
+	configFile string
+	// configGiven is whether --config was on the command line: a path the
+	// operator typed must exist, while the default one may be absent.
+	configGiven  bool
 	provider     string
 	set          []string
 	json         bool
@@ -59,6 +62,9 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		RunE: func(c *cobra.Command, _ []string) error { return c.Help() },
 		// cobra's default, which it sets only on its own unknown-command path.
 		SuggestionsMinimumDistance: 2,
+		PersistentPreRun: func(c *cobra.Command, _ []string) {
+			g.configGiven = c.Flags().Changed("config")
+		},
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
@@ -151,6 +157,11 @@ func (g *globals) newAgent(stderr io.Writer) (*agent.Agent, error) {
 			return nil, exitcode.UsageError(fmt.Errorf("--set %q: want KEY=VALUE, e.g. --set role=web", kv))
 		}
 		set[strings.TrimPrefix(k, config.TagPrefix)] = v
+	}
+	if g.configGiven {
+		if err := config.RequireFile(g.configFile); err != nil {
+			return nil, err
+		}
 	}
 	return agent.New(agent.Options{
 		Dir:          g.dir,

@@ -7,7 +7,6 @@ package config
 
 import (
 	"fmt"
-	"net"
 	"regexp"
 	"slices"
 	"sort"
@@ -25,6 +24,10 @@ const TagPrefix = "redash:"
 
 // DefaultVersion is the Redash release used when redash:version is not set.
 const DefaultVersion = "25.8.0"
+
+// minMajor is the oldest Redash major version the agent has a service
+// layout for (compose.Celery is 8.x's); 7 and older ran other commands.
+const minMajor = 8
 
 // Provider names.
 const (
@@ -161,21 +164,16 @@ func KnownKey(key string) bool {
 	return false
 }
 
-// agentOwnedEnv are variables the agent builds itself; setting them through
-// redash:env:<VAR> would put a secret into a tag, so it is refused.
-var agentOwnedEnv = map[string]string{
-	"REDASH_DATABASE_URL":  "redash:db-endpoint, redash:db-name and the db-user/db-password secrets (or redash:db-secret)",
-	"REDASH_REDIS_URL":     "redash:redis-endpoint or redash:redis-url (and redash:secret:redis-auth)",
-	"REDASH_COOKIE_SECRET": "the cookie-secret secret (redash:secret:cookie-secret)",
-	"REDASH_SECRET_KEY":    "the secret-key secret (redash:secret:secret-key)",
-}
-
 var (
 	envNameRE  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 	tagKeyRE   = regexp.MustCompile(`^[a-zA-Z0-9+\-=.,_:@ ]+$`)
 	logGroupRE = regexp.MustCompile(`^[.\-_/#A-Za-z0-9]{1,512}$`)
-	versionRE  = regexp.MustCompile(`^[0-9]+(\.[0-9A-Za-z_-]+)*$`)
-	projectRE  = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]*$`)
+	// versionRE is a Redash release as its image is tagged:
+	// MAJOR.MINOR.PATCH, an optional pre-release (9.0.0-beta, 8.0.0-beta.2)
+	// and an optional build suffix (10.1.0.b50633, 9.0.0-beta.b42121).
+	// Anything shorter ("10", or YAML's 10.10) names no release.
+	versionRE = regexp.MustCompile(`^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(-[0-9A-Za-z]+(\.[0-9A-Za-z]+)*)?(\.b[0-9]+)?$`)
+	projectRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]*$`)
 )
 
 // Problem is one bad setting.
@@ -330,7 +328,9 @@ func (b *builder) names(c Config) {
 // that worker keys are not also reported against a layout that is unknown.
 func (b *builder) versionAndImages(c *Config) (layout compose.Layout, ok bool) {
 	if !versionRE.MatchString(c.Version) {
-		b.bad("version", "%q is not a Redash version tag: use one like 10.1.0.b50633 or 25.8.0", c.Version)
+		b.bad("version", "%q is not a Redash version tag (MAJOR.MINOR.PATCH with an optional build suffix): use a release such as 8.0.0.b32245, 10.1.0.b50633 or 25.8.0", c.Version)
+	} else if major(c.Version) < minMajor {
+		b.bad("version", "%q is older than Redash 8, the oldest release the agent runs: use 8.0.0.b32245 or later, e.g. %s", c.Version, DefaultVersion)
 	} else if l, err := compose.LayoutFor(c.Version); err != nil {
 		b.bad("version", "%v", err)
 	} else {
@@ -345,6 +345,16 @@ func (b *builder) versionAndImages(c *Config) (layout compose.Layout, ok bool) {
 		}
 	}
 	return layout, ok
+}
+
+// major is the major version of a tag versionRE accepted.
+func major(version string) int {
+	m, _, _ := strings.Cut(version, ".")
+	n, err := strconv.Atoi(m)
+	if err != nil {
+		return 0 // versionRE allows only digits here; a 30-digit major is no release either
+	}
+	return n
 }
 
 // tuning parses the booleans, ports, durations and counts.
@@ -382,8 +392,8 @@ func (b *builder) prefixed(c *Config, layout compose.Layout, layoutOK bool) {
 			name := strings.TrimPrefix(k, "env:")
 			if !envNameRE.MatchString(name) {
 				b.bad(k, "%q is not an environment variable name", name)
-			} else if instead, owned := agentOwnedEnv[name]; owned {
-				b.bad(k, "%s is built by the agent; set %s instead", name, instead)
+			} else if instead, owned := reservedEnv[name]; owned {
+				b.bad(k, "%s is built by the agent, or would bypass the database and Redis URLs it builds: remove this key; use %s", name, instead)
 			} else {
 				c.Env[name] = v
 			}
@@ -425,7 +435,8 @@ func (b *builder) dbSecret(c *Config) {
 }
 
 // endpoints checks the database and Redis addresses that are set; which
-// ones are required depends on the provider (awsSecrets).
+// ones are required depends on the provider (awsSecrets). Hosts are checked
+// as host names or IP literals, since they are pasted into URLs.
 func (b *builder) endpoints(c Config) {
 	if c.DBEndpoint != "" {
 		if _, _, err := SplitHostPort(c.DBEndpoint); err != nil {
@@ -440,8 +451,10 @@ func (b *builder) endpoints(c Config) {
 	if c.RedisEndpoint != "" && c.RedisURL != "" {
 		b.bad("redis-url", "both redash:redis-endpoint and redash:redis-url are set: keep one")
 	}
-	if c.RedisURL != "" && !strings.HasPrefix(c.RedisURL, "redis://") && !strings.HasPrefix(c.RedisURL, "rediss://") {
-		b.bad("redis-url", "%q must start with redis:// or rediss://", c.RedisURL)
+	if c.RedisURL != "" {
+		if err := CheckRedisURL(c.RedisURL); err != nil {
+			b.bad("redis-url", "%v", err)
+		}
 	}
 }
 
@@ -487,9 +500,9 @@ func (b *builder) localSecrets(c *Config) {
 }
 
 func parsePort(m map[string]string, key string, bad func(string, string, ...any)) int {
-	p, err := strconv.Atoi(m[key])
-	if err != nil || p < 1 || p > 65535 {
-		bad(key, "%q is not a TCP port (1-65535)", m[key])
+	p, err := parsePortString(m[key])
+	if err != nil {
+		bad(key, "%q is not a TCP port: write a decimal number from 1 to 65535, e.g. 8080", m[key])
 		return 0
 	}
 	return p
@@ -497,22 +510,9 @@ func parsePort(m map[string]string, key string, bad func(string, string, ...any)
 
 func parseCount(v, key string, bad func(string, string, ...any)) int {
 	n, err := strconv.Atoi(v)
-	if err != nil || n < 1 || n > 64 {
+	if err != nil || n < 1 || n > 64 || strconv.Itoa(n) != v {
 		bad(key, "%q is not a worker count between 1 and 64", v)
 		return 0
 	}
 	return n
-}
-
-// SplitHostPort parses "host:port" with a numeric port.
-func SplitHostPort(s string) (string, int, error) {
-	host, ps, err := net.SplitHostPort(s)
-	if err != nil || host == "" {
-		return "", 0, fmt.Errorf("%q is not host:port, e.g. mydb.cluster-abc.us-east-1.rds.amazonaws.com:5432", s)
-	}
-	port, err := strconv.Atoi(ps)
-	if err != nil || port < 1 || port > 65535 {
-		return "", 0, fmt.Errorf("%q has no valid port (1-65535)", s)
-	}
-	return host, port, nil
 }

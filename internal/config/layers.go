@@ -1,8 +1,10 @@
 package config
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"strings"
@@ -64,47 +66,126 @@ func LoadFile(path string) (l Layer, present bool, err error) {
 	return l, true, nil
 }
 
-// ParseFile flattens config.yaml content into tag-style keys.
+// RequireFile is for a config file named explicitly (--config): unlike the
+// default path, which a host configured by tags alone may lack, a path the
+// operator typed must exist, or a typo would silently drop every setting in
+// the file. Other failures to read it are LoadFile's to report.
+func RequireFile(path string) error {
+	if path == "" {
+		return exitcode.ConfigError(fmt.Errorf("reading the config file: --config is empty: give the path of a config.yaml, or leave --config out to use %s", DefaultFile))
+	}
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+		return exitcode.ConfigError(fmt.Errorf("reading config file %q given with --config: it does not exist: fix the path, or leave --config out to use %s (which may be absent)", path, DefaultFile))
+	}
+	return nil
+}
+
+// ParseFile flattens config.yaml content into tag-style keys. Every value
+// is the text that was written: the file is decoded into yaml.Node and each
+// scalar's literal Value is taken, so YAML's typing never rewrites it
+// (`version: 10.10` stays "10.10", not the float 10.1; `project: 0123`
+// stays "0123", not the octal 83; `server-port: 0x1F90` stays "0x1F90" and
+// is refused as a port, not read as 8080). A key with no value (or ~/null)
+// is unset. A second YAML document is an error: it used to be ignored
+// silently, with every setting in it.
 func ParseFile(data []byte) (map[string]string, error) {
-	var raw map[string]any
-	if err := yaml.Unmarshal(data, &raw); err != nil {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var doc yaml.Node
+	if err := dec.Decode(&doc); err != nil {
+		if errors.Is(err, io.EOF) {
+			return map[string]string{}, nil // empty, or comments only
+		}
 		return nil, err
 	}
+	for {
+		var extra yaml.Node
+		err := dec.Decode(&extra)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+		// A trailing "---" with nothing after it hides no setting.
+		if len(extra.Content) == 1 && isNull(extra.Content[0]) || len(extra.Content) == 0 {
+			continue
+		}
+		return nil, fmt.Errorf("line %d: a second YAML document starts here (after a '---' line): keep every setting in one document, the agent reads no other", extra.Line)
+	}
+	root := &doc
+	if root.Kind == yaml.DocumentNode && len(root.Content) == 1 {
+		root = root.Content[0]
+	}
+	if isNull(root) {
+		return map[string]string{}, nil
+	}
+	if root.Kind != yaml.MappingNode {
+		return nil, fmt.Errorf("line %d: the file is not a map: write one `key: value` per line", root.Line)
+	}
 	out := map[string]string{}
-	for k, v := range raw {
-		k = strings.TrimPrefix(k, TagPrefix)
-		switch vv := v.(type) {
-		case nil:
-			continue // a key with no value, e.g. all commented out below it
-		case map[string]any:
-			if k != "env" && k != "secret" && k != "workers" {
-				return nil, fmt.Errorf("key %q: a nested map is only allowed under env, secret and workers", k)
-			}
-			for sk, sv := range vv {
-				s, err := scalar(k+":"+sk, sv)
-				if err != nil {
-					return nil, err
-				}
-				out[k+":"+sk] = s
-			}
-		default:
-			s, err := scalar(k, vv)
-			if err != nil {
+	seen := map[string]int{} // key -> line, to refuse a key set twice
+	set := func(key string, line int, v *yaml.Node) error {
+		if prev, dup := seen[key]; dup {
+			return fmt.Errorf("line %d: key %q is already set on line %d: keep one", line, key, prev)
+		}
+		seen[key] = line
+		s, ok, err := scalar(key, v)
+		if err != nil || !ok {
+			return err
+		}
+		out[key] = s
+		return nil
+	}
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		kn, vn := root.Content[i], deref(root.Content[i+1])
+		if kn.Kind != yaml.ScalarNode {
+			return nil, fmt.Errorf("line %d: a key must be a plain name like version or db-endpoint", kn.Line)
+		}
+		k := strings.TrimPrefix(kn.Value, TagPrefix)
+		if vn.Kind != yaml.MappingNode {
+			if err := set(k, kn.Line, vn); err != nil {
 				return nil, err
 			}
-			out[k] = s
+			continue
+		}
+		if k != "env" && k != "secret" && k != "workers" {
+			return nil, fmt.Errorf("line %d: key %q: a nested map is only allowed under env, secret and workers", kn.Line, k)
+		}
+		for j := 0; j+1 < len(vn.Content); j += 2 {
+			skn, svn := vn.Content[j], deref(vn.Content[j+1])
+			if skn.Kind != yaml.ScalarNode {
+				return nil, fmt.Errorf("line %d: a key under %q must be a plain name", skn.Line, k)
+			}
+			if err := set(k+":"+skn.Value, skn.Line, svn); err != nil {
+				return nil, err
+			}
 		}
 	}
 	return out, nil
 }
 
-func scalar(key string, v any) (string, error) {
-	switch vv := v.(type) {
-	case string:
-		return vv, nil
-	case bool, int, int64, uint64, float64:
-		return fmt.Sprint(vv), nil
-	default:
-		return "", fmt.Errorf("key %q: want a single value, got %T", key, v)
+// deref follows a YAML alias (`version: *v`) to the node it names.
+func deref(n *yaml.Node) *yaml.Node {
+	for n.Kind == yaml.AliasNode && n.Alias != nil {
+		n = n.Alias
 	}
+	return n
+}
+
+// isNull is a value left empty, ~ or null: the key is unset, e.g. when
+// everything below it is commented out.
+func isNull(n *yaml.Node) bool {
+	return n.Kind == 0 || n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null"
+}
+
+// scalar is the literal text of a one-value node; ok is false for null.
+// Values are never echoed: an env value may be sensitive.
+func scalar(key string, n *yaml.Node) (string, bool, error) {
+	if isNull(n) {
+		return "", false, nil
+	}
+	if n.Kind != yaml.ScalarNode {
+		return "", false, fmt.Errorf("line %d: key %q: want a single value, got a list or map", n.Line, key)
+	}
+	return n.Value, true, nil
 }

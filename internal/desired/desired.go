@@ -122,6 +122,14 @@ func database(cfg config.Config, got map[string]secrets.Secret, need func(string
 			return db, err
 		}
 		db = DB{Host: creds.Host, Port: creds.Port, User: creds.Username, Password: creds.Password, Name: creds.DBName}
+		// The JSON's host goes into REDASH_DATABASE_URL like db-endpoint's,
+		// so it is held to the same rule, unless db-endpoint replaces it.
+		if creds.Host != "" && cfg.DBEndpoint == "" {
+			// The error names the key, not the value: it is part of a secret.
+			if config.CheckHost(creds.Host) != nil {
+				return db, fmt.Errorf("reading secret %q (id %q): its JSON key \"host\" is not a host name or IP address (letters, digits, '-', '_' and dots; an IPv6 address without brackets): store the cluster endpoint's host name there, or set redash:db-endpoint=<host>:<port>", secrets.DBSecret, s.Ref.SecretID)
+			}
+		}
 	}
 	// Explicit settings win over the JSON secret's fields.
 	if cfg.DBEndpoint != "" {

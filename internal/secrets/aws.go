@@ -400,6 +400,9 @@ func extract(r Ref, out *secretsmanager.GetSecretValueOutput) (Value, error) {
 		if s == "" {
 			return Value{}, configErr(r, nil, "is empty: store a value in it")
 		}
+		if IsBlank(s) {
+			return Value{}, configErr(r, nil, "holds only whitespace: store the real value in it (without a trailing newline from a file or echo)")
+		}
 		return NewValue(s), nil
 	}
 	var obj map[string]json.RawMessage
@@ -421,6 +424,9 @@ func extract(r Ref, out *secretsmanager.GetSecretValueOutput) (Value, error) {
 	}
 	if v == "" {
 		return Value{}, configErr(r, nil, "is empty: store a value under that key")
+	}
+	if IsBlank(v) {
+		return Value{}, configErr(r, nil, "holds only whitespace: store the real value under that key")
 	}
 	return NewValue(v), nil
 }

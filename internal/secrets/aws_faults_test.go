@@ -77,6 +77,7 @@ func TestFetchFaults(t *testing.T) {
 		config    bool     // exit status 3 (exitcode.Config)
 		calls     int      // exactly, or at least when budget is set
 		budget    bool     // ends by running out of the policy's deadline
+		refID     string   // the db-password reference; "Redash/RDS/Password" if empty
 	}{
 		{name: "throttling then success", script: func(n int) reply {
 			if n <= 2 {
@@ -132,6 +133,12 @@ func TestFetchFaults(t *testing.T) {
 		{name: "empty secret",
 			script:  func(int) reply { return ok("") },
 			wantErr: []string{`secret "db-password" (id "Redash/RDS/Password") is empty`}, config: true, calls: 1},
+		{name: "whitespace-only secret",
+			script:  func(int) reply { return ok(" \t\r\n") },
+			wantErr: []string{`secret "db-password" (id "Redash/RDS/Password") holds only whitespace`}, config: true, calls: 1},
+		{name: "whitespace-only JSON key", refID: "Redash/RDS/Password#password",
+			script:  func(int) reply { return ok(`{"password":"  \n"}`) },
+			wantErr: []string{`secret "db-password" (id "Redash/RDS/Password", JSON key "password") holds only whitespace`}, config: true, calls: 1},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -143,7 +150,11 @@ func TestFetchFaults(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got, err := f.Fetch(testCtx(t), []Ref{mustRef(t, DBPassword, "Redash/RDS/Password")})
+			refID := tc.refID
+			if refID == "" {
+				refID = "Redash/RDS/Password"
+			}
+			got, err := f.Fetch(testCtx(t), []Ref{mustRef(t, DBPassword, refID)})
 			if tc.wantErr == nil {
 				if err != nil {
 					t.Fatalf("Fetch: %v", err)

@@ -44,6 +44,8 @@ func ParseDBSecret(s Secret) (DBCredentials, error) {
 		}
 		if v == "" && required {
 			problems = append(problems, fmt.Sprintf("key %q is empty", key))
+		} else if required && IsBlank(v) {
+			problems = append(problems, fmt.Sprintf("key %q holds only whitespace", key))
 		}
 		return v
 	}

@@ -32,6 +32,10 @@ func TestParseDBSecret(t *testing.T) {
 			wantErr: []string{`key "username" is not a string`}},
 		{name: "empty username", json: `{"username":"","password":"Pw-Secret-1"}`,
 			wantErr: []string{`key "username" is empty`}},
+		{name: "whitespace-only password", json: `{"username":"u","password":" \n "}`,
+			wantErr: []string{`key "password" holds only whitespace`, "tag redash:db-secret"}},
+		{name: "whitespace-only username", json: `{"username":"\t","password":"Pw-Secret-1"}`,
+			wantErr: []string{`key "username" holds only whitespace`}},
 		{name: "not JSON", json: `Pw-Secret-1`,
 			wantErr: []string{`secret "db-secret" (id "Redash/DB") is not a JSON object`}},
 	}

@@ -84,10 +84,10 @@ func (s *LocalStore) Fetch(ctx context.Context, refs []Ref) (map[string]Secret, 
 			f.Secrets[r.Name] = e
 			changed = true
 		}
-		if e.Value == "" {
+		if IsBlank(e.Value) {
 			// Regenerating would silently lock Redash out of data that was
 			// set up with the old value: make a human decide.
-			errs = append(errs, &Error{Name: r.Name, Config: true, msg: fmt.Sprintf("local secret %q in %q is empty: restore its value, or delete its entry to generate a new one (data set up with the old value becomes unreadable)", r.Name, s.Path)})
+			errs = append(errs, &Error{Name: r.Name, Config: true, msg: fmt.Sprintf("local secret %q in %q is empty or only whitespace: restore its value, or delete its entry to generate a new one (data set up with the old value becomes unreadable)", r.Name, s.Path)})
 			continue
 		}
 		got[r.Name] = Secret{Ref: r, Value: NewValue(e.Value), VersionID: e.VersionID}

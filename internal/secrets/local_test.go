@@ -134,6 +134,7 @@ func TestLocalStoreErrors(t *testing.T) {
 		{"duplicate name", "", []Ref{{Name: SecretKey}, {Name: SecretKey}}, `secret "secret-key" is referenced twice`},
 		{"corrupt file", `{"secrets": {"secret-key": {"value": "Pq9Zk2Lm`, []Ref{{Name: SecretKey}}, "not valid JSON at byte"},
 		{"empty stored value", `{"secrets": {"secret-key": {"value": "", "version_id": "x"}}}`, []Ref{{Name: SecretKey}}, `local secret "secret-key"`},
+		{"whitespace-only stored value", `{"secrets": {"secret-key": {"value": " \n\t", "version_id": "x"}}}`, []Ref{{Name: SecretKey}}, `local secret "secret-key" in`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -3,6 +3,7 @@ package secrets
 import (
 	"fmt"
 	"log/slog"
+	"strings"
 )
 
 // redacted is what every printing path shows instead of a secret value.
@@ -22,6 +23,12 @@ func (v Value) Reveal() string { return v.s }
 
 // IsZero reports whether the value is empty.
 func (v Value) IsZero() bool { return v.s == "" }
+
+// IsBlank reports whether a fetched secret s is empty or only whitespace. No
+// password, key or user name is blank on purpose: it is a secret created
+// with a stray newline or space, and Redash would run with it (a cookie
+// secret of "\n" signs every session with a guessable key).
+func IsBlank(s string) bool { return strings.TrimSpace(s) == "" }
 
 func (v Value) String() string                { return redacted }
 func (v Value) GoString() string              { return redacted }
