@@ -2,6 +2,7 @@ package desired
 
 import (
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -166,5 +167,59 @@ func TestExtraEnvAndSpec(t *testing.T) {
 	}
 	if st.Spec.Role != "web" || st.Spec.Dir != "/srv/redash" || st.Spec.Workers["adhoc_worker"] != 4 || st.Spec.Local {
 		t.Errorf("spec = %+v", st.Spec)
+	}
+}
+
+// TestDBSecretHostChecked: the RDS-shaped secret's host goes into
+// REDASH_DATABASE_URL like redash:db-endpoint's, so it is held to the same
+// rule; the error names the key, never the secret's content.
+func TestDBSecretHostChecked(t *testing.T) {
+	cases := []struct {
+		name     string
+		host     string
+		endpoint string // redash:db-endpoint, which replaces the JSON's host
+		wantErr  bool
+	}{
+		{name: "cluster endpoint", host: "redash.cluster-abc.us-east-1.rds.amazonaws.com"},
+		{name: "IPv6 literal", host: "2001:db8::5"},
+		{name: "host rewriting user and database", host: "evil@db/x?y", wantErr: true},
+		{name: "host with space", host: "db host", wantErr: true},
+		{name: "host with fragment", host: "db#frag", wantErr: true},
+		{name: "IPv6 in brackets", host: "[2001:db8::5]", wantErr: true},
+		{name: "bad host replaced by db-endpoint", host: "evil@db/x?y", endpoint: "db:5432"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			vals := map[string]string{"db-secret": "rds!cluster", "redis-endpoint": "cache:6379"}
+			if tc.endpoint != "" {
+				vals["db-endpoint"] = tc.endpoint
+			}
+			cfg := resolve(t, vals)
+			got := seed("ignored", "ignored")
+			delete(got, secrets.DBUser)
+			delete(got, secrets.DBPassword)
+			got[secrets.DBSecret] = secret(secrets.DBSecret, `{"username":"admin","password":"Pw-Secret-1","host":`+strconv.Quote(tc.host)+`,"port":5432}`)
+			st, err := Build(cfg, got, "/opt/redash")
+			if !tc.wantErr {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if u, err := url.Parse(st.Env["REDASH_DATABASE_URL"]); err != nil || u.User.Username() != "admin" || u.Path != "/admin" {
+					t.Errorf("url %q does not parse back to user admin, database admin: %v", st.Env["REDASH_DATABASE_URL"], err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("accepted; url = %q", st.Env["REDASH_DATABASE_URL"])
+			}
+			for _, w := range []string{`secret "db-secret"`, `(id "x/db-secret")`, `JSON key "host"`, "redash:db-endpoint"} {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not contain %q", err, w)
+				}
+			}
+			if strings.Contains(err.Error(), tc.host) || strings.Contains(err.Error(), "Pw-Secret") {
+				t.Errorf("error shows the secret's content: %v", err)
+			}
+		})
 	}
 }
