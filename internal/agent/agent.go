@@ -18,6 +18,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -339,26 +340,77 @@ func (a *Agent) Render(ctx context.Context) (Rendered, error) {
 // Changes says which written files changed.
 type Changes struct{ Env, Compose bool }
 
-// Write writes the env file (0600) and the compose file atomically; a file
-// whose content is unchanged is not rewritten. On error the old files stay.
+// Write writes the env file (0600) and the compose file as one generation:
+// both or neither (atomicfile.WriteFiles writes both temps before the first
+// rename, and puts the env file back if the compose file's rename fails), so
+// a full disk never leaves env from one configuration beside a compose file
+// from another. A file whose content is unchanged is not rewritten. On error
+// the old files stay.
 func (a *Agent) Write(ctx context.Context, r Rendered) (Changes, error) {
 	var ch Changes
 	err := a.step(ctx, "write "+a.o.Dir, func(ctx context.Context) error {
 		if err := os.MkdirAll(a.o.Dir, 0o755); err != nil {
 			return fmt.Errorf("creating %q: %w", a.o.Dir, err)
 		}
-		var err error
-		// The env file first: a compose file that names ./env is never
-		// on disk without its env file.
-		if ch.Env, err = atomicfile.WriteFile(filepath.Join(a.o.Dir, compose.EnvFileName), r.EnvFile, 0o600); err != nil {
+		if err := a.tightenState(); err != nil {
 			return err
 		}
-		if ch.Compose, err = atomicfile.WriteFile(filepath.Join(a.o.Dir, compose.FileName), r.Compose, 0o644); err != nil {
-			return err
+		// The env file first: should a power cut fall between the two
+		// renames, a compose file that names ./env is never on disk
+		// without its env file (and the next start rewrites both).
+		changed, err := atomicfile.WriteFiles([]atomicfile.File{
+			{Path: filepath.Join(a.o.Dir, compose.EnvFileName), Data: r.EnvFile, Perm: 0o600},
+			{Path: filepath.Join(a.o.Dir, compose.FileName), Data: r.Compose, Perm: 0o644},
+		})
+		if err != nil {
+			return fmt.Errorf("writing the env file and the compose file in %q (both or neither): %w", a.o.Dir, err)
 		}
+		ch.Env, ch.Compose = changed[0], changed[1]
 		return nil
 	})
 	return ch, err
+}
+
+// tightenState gives the state directory 0700 and its key and secret files
+// 0600, whatever mode they were found with (a restored backup, a hand-made
+// directory, an older agent): the hash key lets anyone who reads it test
+// guesses of a secret against the config-hash labels, so it is kept like the
+// env file. Called at every start that writes, before the hash key is read.
+func (a *Agent) tightenState() error {
+	st, err := os.Lstat(a.o.StateDir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil // created 0700 when first needed
+	}
+	if err != nil {
+		return fmt.Errorf("checking state directory %q: %w", a.o.StateDir, err)
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("checking state directory %q: not a directory: remove it or point --state-dir elsewhere", a.o.StateDir)
+	}
+	if st.Mode().Perm() != 0o700 {
+		if err := os.Chmod(a.o.StateDir, 0o700); err != nil {
+			return fmt.Errorf("setting mode 0700 on state directory %q: %w", a.o.StateDir, err)
+		}
+		a.log.Warn("tightened the state directory's mode", "path", a.o.StateDir, "was", st.Mode().Perm().String(), "now", "-rwx------")
+	}
+	for _, path := range []string{a.hashKeyPath(), a.localSecrets(), a.headsCache()} {
+		st, err := os.Lstat(path)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("checking %q: %w", path, err)
+		}
+		// A symlink is not followed: chmod would change its target.
+		if !st.Mode().IsRegular() || st.Mode().Perm() == 0o600 {
+			continue
+		}
+		if err := os.Chmod(path, 0o600); err != nil {
+			return fmt.Errorf("setting mode 0600 on %q: %w", path, err)
+		}
+		a.log.Warn("tightened a state file's mode", "path", path, "was", st.Mode().Perm().String(), "now", "-rw-------")
+	}
+	return nil
 }
 
 // Logger is the agent's logger, for the parts of the CLI around it.
