@@ -8,7 +8,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"syscall"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/redash-agent/redash-agent/internal/compose"
 )
@@ -150,4 +152,66 @@ func smallTmpfs(t *testing.T, opts string) string {
 		}
 	})
 	return dir
+}
+
+// testGrace is the harness's not-configured grace.
+const testGrace = 300 * time.Millisecond
+
+// TestNotConfiguredWaitsTheGrace: "not configured" is decided only after
+// the whole grace, whether IMDS lists tags without a redash: one or the
+// tags are not visible (before: at once, or when the 404 retries ran out).
+func TestNotConfiguredWaitsTheGrace(t *testing.T) {
+	for _, s := range []setup{
+		{tags: map[string]string{"Name": "imagebuilder-build"}},
+		{imdsErr: errTagsOff},
+	} {
+		h := newHarness(t, s)
+		start := time.Now()
+		_, err := h.Resolve(context.Background())
+		took := time.Since(start)
+		if !errors.Is(err, ErrNotConfigured) {
+			t.Fatalf("Resolve: %v, want not configured", err)
+		}
+		if took < testGrace || took > testGrace+time.Second {
+			t.Errorf("not configured after %v, want the %v grace", took, testGrace)
+		}
+		if h.imds.calls < 2 {
+			t.Errorf("IMDS read %d times during the grace, want re-reads", h.imds.calls)
+		}
+	}
+	// The production grace is the README's.
+	if unconfiguredTagsGrace != 15*time.Second {
+		t.Errorf("grace = %v, README says 15 s", unconfiguredTagsGrace)
+	}
+}
+
+// TestLateTagsConfigure: tags that appear during the grace configure
+// this boot.
+func TestLateTagsConfigure(t *testing.T) {
+	h := newHarness(t, setup{tags: map[string]string{"Name": "x"}})
+	h.imds.lateTags, h.imds.lateAfter = redashTags(), 2
+	res, err := h.Resolve(context.Background())
+	if err != nil {
+		t.Fatalf("Resolve with tags added during the grace: %v", err)
+	}
+	if res.Config.DBEndpoint != "db.example.internal:5432" {
+		t.Errorf("db-endpoint = %q, want the late tag's", res.Config.DBEndpoint)
+	}
+	if !strings.Contains(h.logs.String(), "no redash: tags yet") {
+		t.Errorf("the re-read is not logged:\n%s", h.logs)
+	}
+}
+
+// TestNotConfiguredGraceEndsWithTheContext: SIGTERM during the grace
+// stops at once.
+func TestNotConfiguredGraceEndsWithTheContext(t *testing.T) {
+	h := newHarness(t, setup{tags: map[string]string{"Name": "x"}})
+	h.notConfiguredGrace, h.tagsPoll = time.Minute, 10*time.Second
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := h.Resolve(ctx)
+	if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 2*time.Second {
+		t.Errorf("Resolve = %v after %v, want the context's end at once", err, time.Since(start))
+	}
 }
