@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -29,6 +30,7 @@ import (
 	"github.com/redash-agent/redash-agent/internal/backoff"
 	"github.com/redash-agent/redash-agent/internal/compose"
 	"github.com/redash-agent/redash-agent/internal/desired"
+	"github.com/redash-agent/redash-agent/internal/engine"
 )
 
 // State is what the schema looks like relative to the image's head revision.
@@ -74,6 +76,58 @@ type Options struct {
 	HeadsCache string // JSON file image id -> head revision; "" disables caching
 	Runner     Runner
 	Logger     *slog.Logger
+}
+
+// containerLister is the engine's read of a project's containers. A Runner
+// that has it lets a failed migration say whether Redash is still up: a
+// migration is cut short by a daemon restart too, and that restart stops
+// the running containers as well (their policy is on-failure).
+type containerLister interface {
+	Containers(ctx context.Context, project string) ([]engine.Container, error)
+}
+
+var _ containerLister = (*engine.Engine)(nil)
+
+// servingTimeout bounds the look at the containers after a failure; the
+// caller's context may be the one that just ended.
+const servingTimeout = 5 * time.Second
+
+// serving says what is true of the project's long-running containers after
+// a failed migration, for the error: the old containers still serving, none
+// running (and that the agent restarts them), or that it could not tell.
+func serving(o Options) string {
+	l, ok := o.Runner.(containerLister)
+	if !ok {
+		return "whether the old containers still serve was not checked: see `redash-agent status`"
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), servingTimeout)
+	defer cancel()
+	cs, err := l.Containers(ctx, o.Project)
+	if err != nil {
+		return fmt.Sprintf("could not tell whether the old containers still serve (%v): see `redash-agent status` once Docker answers", err)
+	}
+	var running, stopped []string
+	for _, c := range cs {
+		if c.OneOff {
+			continue
+		}
+		if c.State == "running" {
+			running = append(running, c.Name)
+		} else {
+			stopped = append(stopped, c.Name+" "+c.State)
+		}
+	}
+	switch {
+	case len(running) > 0 && len(stopped) == 0:
+		return fmt.Sprintf("the old containers keep serving (%s running)", strings.Join(running, ", "))
+	case len(running) > 0:
+		return fmt.Sprintf("some old containers keep serving (%s running; %s)", strings.Join(running, ", "), strings.Join(stopped, ", "))
+	case len(stopped) > 0:
+		return fmt.Sprintf("Redash is down: no container of project %q is running (%s), as a Docker daemon restart leaves them; "+
+			"the agent starts them after the migration succeeds (`redash-agent up`, or run's next converge)", o.Project, strings.Join(stopped, ", "))
+	default:
+		return fmt.Sprintf("project %q has no containers yet, so nothing was serving", o.Project)
+	}
 }
 
 // Result says what Run found and did.
@@ -195,11 +249,11 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	code, logs, err := runWatched(ctx, conn, o, cmd)
 	if err != nil {
 		log.Error("[failed] "+res.Ran, "err", err)
-		return res, fmt.Errorf("running %q in a one-off of %q: %w", res.Ran, o.Image, err)
+		return res, fmt.Errorf("running %q in a one-off of %q: %w; %s", res.Ran, o.Image, err, serving(o))
 	}
 	if code != 0 {
 		log.Error("[failed] "+res.Ran, "exit", code)
-		return res, fmt.Errorf("running %q in a one-off of %q: exit code %d; the old containers keep serving; last log lines:\n%s", res.Ran, o.Image, code, tail(logs, 20))
+		return res, fmt.Errorf("running %q in a one-off of %q: exit code %d; %s; last log lines:\n%s", res.Ran, o.Image, code, serving(o), tail(logs, 20))
 	}
 
 	after, version, err := inspect(ctx, conn, head)

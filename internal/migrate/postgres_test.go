@@ -6,6 +6,7 @@ package migrate
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/redash-agent/redash-agent/internal/compose"
 	"github.com/redash-agent/redash-agent/internal/desired"
+	"github.com/redash-agent/redash-agent/internal/engine"
 	"github.com/redash-agent/redash-agent/internal/secrets"
 	"github.com/redash-agent/redash-agent/internal/testenv"
 )
@@ -289,5 +291,71 @@ func TestRunWaitsForOrphanedMigration(t *testing.T) {
 	}
 	if res.After != StateCurrent || res.Ran != RanNone {
 		t.Errorf("Run = %+v", res)
+	}
+}
+
+// killedRunner answers `manage db heads` with head and kills every other
+// one-off as a Docker daemon restart does (exit 137), then reports the
+// project's containers as they are after the restart.
+type killedRunner struct {
+	headsRunner
+	containers []engine.Container
+	listErr    error
+}
+
+func (r *killedRunner) RunOneOff(ctx context.Context, spec OneOff) (int, string, error) {
+	if strings.Join(spec.Cmd, " ") == "manage db heads" {
+		return r.headsRunner.RunOneOff(ctx, spec)
+	}
+	return 137, "Running upgrade r1 -> r2\n", nil
+}
+
+func (r *killedRunner) Containers(context.Context, string) ([]engine.Container, error) {
+	return r.containers, r.listErr
+}
+
+// TestRunCutShortReportsWhatIsServing: a migration cut short says what is
+// true of the old containers (before: always "the old containers keep
+// serving", also when the daemon restart that cut it had stopped them).
+func TestRunCutShortReportsWhatIsServing(t *testing.T) {
+	pg := testenv.Postgres(t)
+	server := engine.Container{Name: "redash-server-1", Service: "server"}
+	worker := engine.Container{Name: "redash-worker-1", Service: "worker"}
+	oneOff := engine.Container{Name: "redash-migrate-x", OneOff: true, State: "running"}
+	with := func(c engine.Container, state string) engine.Container { c.State = state; return c }
+	tests := []struct {
+		name       string
+		containers []engine.Container
+		listErr    error
+		want       string
+		notWant    string
+	}{
+		{"daemon restart stopped them", []engine.Container{with(server, "exited"), with(worker, "exited"), oneOff},
+			nil, `Redash is down: no container of project "p" is running (redash-server-1 exited, redash-worker-1 exited)`, "keep serving"},
+		{"still running", []engine.Container{with(server, "running"), with(worker, "running")},
+			nil, "the old containers keep serving (redash-server-1, redash-worker-1 running)", "down"},
+		{"some running", []engine.Container{with(server, "running"), with(worker, "exited")},
+			nil, "some old containers keep serving (redash-server-1 running; redash-worker-1 exited)", "Redash is down"},
+		{"first boot", nil, nil, `project "p" has no containers yet`, "keep serving"},
+		{"docker not answering", nil, errors.New("Cannot connect to the Docker daemon"),
+			"could not tell whether the old containers still serve (Cannot connect to the Docker daemon)", "keep serving ("},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			db := pg.NewDatabase(t)
+			execSQL(t, pg, db, "CREATE TABLE users (i int); CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY); INSERT INTO alembic_version VALUES ('r1')")
+			r := &killedRunner{headsRunner: headsRunner{t: t, head: "r2"}, containers: tc.containers, listErr: tc.listErr}
+			_, err := Run(context.Background(), Options{DB: target(pg, db), Image: "img", Project: "p", Runner: r, Deadline: 30 * time.Second, Logger: testLogger(t)})
+			if err == nil {
+				t.Fatal("Run with a killed one-off succeeded")
+			}
+			t.Logf("error: %v", err)
+			if !strings.Contains(err.Error(), "exit code 137") || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error does not say %q", tc.want)
+			}
+			if strings.Contains(err.Error(), tc.notWant) {
+				t.Errorf("error says %q, which is not true here", tc.notWant)
+			}
+		})
 	}
 }
