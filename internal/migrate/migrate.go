@@ -187,14 +187,23 @@ func (o Options) validate() error {
 // instance has. It returns an error, and runs nothing, when the database is
 // unreachable; when the one-off fails the error carries its last log lines
 // and the caller should keep the old containers serving.
+//
+// The database user name is a credential (it comes from Secrets Manager):
+// it never appears in the error or the log, and neither does a database
+// name that is the user name (the default).
 func Run(ctx context.Context, o Options) (Result, error) {
+	res, err := run(ctx, o)
+	return res, redactUser(err, o.DB.User)
+}
+
+func run(ctx context.Context, o Options) (Result, error) {
 	o = o.withDefaults()
 	if err := o.validate(); err != nil {
 		return Result{}, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, o.Deadline)
 	defer cancel()
-	log := o.Logger.With("db", o.DB.Name, "addr", o.DB.Addr())
+	log := o.Logger.With("db", dbLabel(o.DB), "addr", o.DB.Addr())
 
 	// Reach the database before touching Docker: an unreachable database
 	// must leave no container behind.
@@ -228,7 +237,7 @@ func Run(ctx context.Context, o Options) (Result, error) {
 
 	st, version, err := inspect(ctx, conn, head)
 	if err != nil {
-		return res, fmt.Errorf("inspecting database %q at %s: %w", o.DB.Name, o.DB.Addr(), err)
+		return res, fmt.Errorf("inspecting database %q at %s: %w", dbLabel(o.DB), o.DB.Addr(), err)
 	}
 	res.Before, res.After = st, st
 	log.Info("database state", "state", st, "version", version, "head", head)
@@ -242,7 +251,7 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	case StateBehind:
 		res.Ran, cmd = RanUpgrade, []string{"manage", "db", "upgrade"}
 	default:
-		return res, fmt.Errorf("database %q at %s has tables but alembic_version is %s: it is not a Redash database this agent can migrate; point redash:db-name at the Redash database or fix alembic_version by hand", o.DB.Name, o.DB.Addr(), describeVersion(version))
+		return res, fmt.Errorf("database %q at %s has tables but alembic_version is %s: it is not a Redash database this agent can migrate; point redash:db-name at the Redash database or fix alembic_version by hand", dbLabel(o.DB), o.DB.Addr(), describeVersion(version))
 	}
 
 	log.Info("[started] "+res.Ran, "image", o.Image)
@@ -258,11 +267,11 @@ func Run(ctx context.Context, o Options) (Result, error) {
 
 	after, version, err := inspect(ctx, conn, head)
 	if err != nil {
-		return res, fmt.Errorf("inspecting database %q at %s after %s: %w", o.DB.Name, o.DB.Addr(), res.Ran, err)
+		return res, fmt.Errorf("inspecting database %q at %s after %s: %w", dbLabel(o.DB), o.DB.Addr(), res.Ran, err)
 	}
 	res.After = after
 	if after != StateCurrent {
-		return res, fmt.Errorf("after %q database %q is %s at %s, want head %q: check the one-off's output:\n%s", res.Ran, o.DB.Name, after, describeVersion(version), head, tail(logs, 20))
+		return res, fmt.Errorf("after %q database %q is %s at %s, want head %q: check the one-off's output:\n%s", res.Ran, dbLabel(o.DB), after, describeVersion(version), head, tail(logs, 20))
 	}
 	log.Info("[finished] "+res.Ran, "version", version)
 	return res, nil
@@ -337,9 +346,9 @@ func waitForHead(ctx context.Context, conn *pgx.Conn, o Options, res Result, log
 		st, version, err := inspect(ctx, conn, res.Head)
 		if err != nil {
 			if ctx.Err() != nil {
-				return res, fmt.Errorf("waiting for database %q at %s to reach revision %q: deadline of %s passed while inspecting it: %w", o.DB.Name, o.DB.Addr(), res.Head, o.Deadline, err)
+				return res, fmt.Errorf("waiting for database %q at %s to reach revision %q: deadline of %s passed while inspecting it: %w", dbLabel(o.DB), o.DB.Addr(), res.Head, o.Deadline, err)
 			}
-			return res, fmt.Errorf("inspecting database %q at %s: %w", o.DB.Name, o.DB.Addr(), err)
+			return res, fmt.Errorf("inspecting database %q at %s: %w", dbLabel(o.DB), o.DB.Addr(), err)
 		}
 		if first {
 			res.Before = st
@@ -351,11 +360,11 @@ func waitForHead(ctx context.Context, conn *pgx.Conn, o Options, res Result, log
 			log.Info("database at head", "version", version, "waited", time.Since(start).Round(time.Millisecond))
 			return res, nil
 		case StateUnknown:
-			return res, fmt.Errorf("database %q at %s has tables but alembic_version is %s: not a Redash database; point redash:db-name at the Redash database", o.DB.Name, o.DB.Addr(), describeVersion(version))
+			return res, fmt.Errorf("database %q at %s has tables but alembic_version is %s: not a Redash database; point redash:db-name at the Redash database", dbLabel(o.DB), o.DB.Addr(), describeVersion(version))
 		}
 		log.Info("waiting for another instance to migrate", "state", st, "version", version, "head", res.Head)
 		if backoff.Sleep(ctx, backoff.Spread(workerPoll)) != nil {
-			return res, fmt.Errorf("waiting for database %q at %s to reach revision %q: still %s (%s) after %s; role %q never migrates: start an instance with redash:role=all or web, or run `redash-agent migrate` on one", o.DB.Name, o.DB.Addr(), res.Head, st, describeVersion(version), time.Since(start).Round(time.Second), compose.RoleWorker)
+			return res, fmt.Errorf("waiting for database %q at %s to reach revision %q: still %s (%s) after %s; role %q never migrates: start an instance with redash:role=all or web, or run `redash-agent migrate` on one", dbLabel(o.DB), o.DB.Addr(), res.Head, st, describeVersion(version), time.Since(start).Round(time.Second), compose.RoleWorker)
 		}
 	}
 }

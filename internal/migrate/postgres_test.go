@@ -359,3 +359,49 @@ func TestRunCutShortReportsWhatIsServing(t *testing.T) {
 		})
 	}
 }
+
+// TestErrorsHideTheDBUser: the database user name comes from Secrets
+// Manager and is treated as a secret (as the e2e leak scan does): neither
+// pgx's "failed to connect to `user=…`" nor PostgreSQL's "password
+// authentication failed for user …" may carry it, nor a database name that
+// defaults to it, in Run's or Inspect's error (status, doctor, config --db).
+func TestErrorsHideTheDBUser(t *testing.T) {
+	pg := testenv.Postgres(t)
+	const user = "redash_admin_7c1f"
+	wrongPw := desired.DB{Host: pg.Host, Port: pg.Port, User: user, Password: secrets.NewValue("wrong-pw-x"), Name: user}
+	refused := desired.DB{Host: "127.0.0.1", Port: testenv.FreePort(t), User: user, Password: secrets.NewValue("pw"), Name: user}
+	var logs strings.Builder
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	check := func(what string, err error) {
+		t.Helper()
+		if err == nil {
+			t.Fatalf("%s succeeded", what)
+		}
+		t.Logf("%s: %v", what, err)
+		if strings.Contains(err.Error(), user) {
+			t.Errorf("%s: error names the database user: %v", what, err)
+		}
+		if !strings.Contains(err.Error(), "[redacted db user]") {
+			t.Errorf("%s: error does not say what it left out: %v", what, err)
+		}
+	}
+	_, err := Run(context.Background(), Options{DB: wrongPw, Image: "img", Project: "p", Runner: &headsRunner{t: t, head: "r1"}, Deadline: 10 * time.Second, Logger: log})
+	check("Run, wrong password", err)
+	if !strings.Contains(err.Error(), "password authentication failed") {
+		t.Errorf("the cause is gone: %v", err)
+	}
+	_, err = Inspect(context.Background(), wrongPw, "r1")
+	check("Inspect, wrong password", err)
+	_, err = Run(context.Background(), Options{DB: refused, Image: "img", Project: "p", Runner: &headsRunner{t: t, head: "r1"}, Deadline: 2 * time.Second, Logger: log})
+	check("Run, refused", err)
+	if strings.Contains(logs.String(), user) {
+		t.Errorf("the log names the database user:\n%s", logs.String())
+	}
+}
+
+func TestRedactUserWholeWords(t *testing.T) {
+	err := redactUser(errors.New("failed to connect to `user=ab database=ab`: role \"ab\" absent; abc tab"), "ab")
+	if want := "failed to connect to `user=[redacted db user] database=[redacted db user]`: role \"[redacted db user]\" absent; abc tab"; err.Error() != want {
+		t.Errorf("got  %s\nwant %s", err, want)
+	}
+}
