@@ -77,8 +77,16 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	pf.StringArrayVar(&g.set, "set", nil, "override one setting, KEY=VALUE with KEY a tag name without redash: (repeatable)")
 	pf.BoolVar(&g.json, "json", false, "print data as JSON")
 	pf.DurationVar(&g.imdsDeadline, "imds-deadline", 2*time.Minute, "how long to wait for IMDS and the instance tags at boot")
-	pf.StringVar(&g.logFormat, "log-format", "", "log format: text, json or journal (default: journal under systemd, else text)")
+	pf.StringVar(&g.logFormat, "log-format", "", "log format: text, json or journal (default: journal under systemd, else text; journal where the journal does not answer is text on stderr, with a warning)")
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return exitcode.UsageError(err) })
+	// Flags are checked before any command runs: an unknown format would
+	// otherwise be text without a word, and a typo in a unit file unseen.
+	root.PersistentPreRunE = func(*cobra.Command, []string) error {
+		if err := logging.Check(g.logFormat); err != nil {
+			return exitcode.UsageError(err)
+		}
+		return nil
+	}
 
 	root.AddCommand(
 		versionCmd(),

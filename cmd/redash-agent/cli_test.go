@@ -28,6 +28,8 @@ func TestUsageErrors(t *testing.T) {
 		{"unknown flag", []string{"render", "--no-such-flag"}, "unknown flag: --no-such-flag"},
 		{"bad flag value", []string{"up", "--imds-deadline", "soon"}, `invalid argument "soon"`},
 		{"--set without =", []string{"config", "--set", "role"}, `--set "role": want KEY=VALUE`},
+		{"unknown log format", []string{"--log-format", "xml", "render"}, `log format "xml": unknown: use one of text, json, journal`},
+		{"unknown log format, any command", []string{"version", "--log-format", "JSON"}, `log format "JSON": unknown`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

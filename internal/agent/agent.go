@@ -18,6 +18,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -77,6 +78,9 @@ type Agent struct {
 	secretsPolicy secrets.Policy
 	// timings of this converge's steps, for the one-line boot summary.
 	timings []timing
+	// notConfiguredGrace and tagsPoll are unconfiguredTagsGrace and
+	// tagsPollInterval; tests shorten them.
+	notConfiguredGrace, tagsPoll time.Duration
 }
 
 // instanceReader is the one IMDS call the agent makes.
@@ -124,7 +128,8 @@ func newAgent(o Options, r remotes) *Agent {
 	if o.StateDir == "" {
 		o.StateDir = DefaultStateDir
 	}
-	return &Agent{o: o, log: o.Logger, remote: r, secretsPolicy: secrets.Boot}
+	return &Agent{o: o, log: o.Logger, remote: r, secretsPolicy: secrets.Boot,
+		notConfiguredGrace: unconfiguredTagsGrace, tagsPoll: tagsPollInterval}
 }
 
 // ErrNotConfigured means the instance carries no redash: tags and no
@@ -133,11 +138,16 @@ func newAgent(o Options, r remotes) *Agent {
 // configure. Resolve adds what to do when the instance should run Redash.
 var ErrNotConfigured error = exitcode.New(exitcode.OK, "nothing to do: this instance has no redash: tags and no settings in the config file")
 
-// unconfiguredTagsGrace is how long a 404 on the tag listing is retried when
-// the tags are the only possible configuration. Tags given at launch are in
+// unconfiguredTagsGrace is how long the agent keeps re-reading the tags, when
+// they are the only possible configuration, before it calls the instance
+// "not configured" (README: 15 s), whether IMDS answers 404 for the tag
+// listing or lists tags without a redash: one. Tags given at launch are in
 // IMDS as soon as IMDS answers, so a longer wait only delays a boot that has
-// nothing to do.
+// nothing to do; a later tag needs a restart of the unit (README).
 const unconfiguredTagsGrace = 15 * time.Second
+
+// tagsPollInterval spaces the re-reads during the grace.
+const tagsPollInterval = time.Second
 
 // step runs one pipeline step with [started]/[finished]/[failed] journal lines.
 func (a *Agent) step(ctx context.Context, name string, fn func(context.Context) error) error {
@@ -215,11 +225,7 @@ func (a *Agent) Resolve(ctx context.Context) (Resolved, error) {
 		// instance) must not hold its boot for the whole IMDS deadline.
 		nothingLocal := (!present || len(file.Values) == 0) && len(a.o.Set) == 0
 		if provider == config.ProviderAWS {
-			opts := imds.Options{Deadline: a.o.IMDSDeadline, Logger: a.log}
-			if nothingLocal {
-				opts.TagsDeadline = unconfiguredTagsGrace
-			}
-			inst, err := a.remote.imds(opts).Instance(ctx)
+			inst, err := a.readInstance(ctx, nothingLocal)
 			if err != nil {
 				if errors.Is(err, imds.ErrTagsNotEnabled) {
 					if nothingLocal {
@@ -236,7 +242,7 @@ func (a *Agent) Resolve(ctx context.Context) (Resolved, error) {
 			}
 			r.Tags = inst.Tags
 			if !config.HasRedashTags(inst.Tags) && nothingLocal {
-				return fmt.Errorf("%w: to run Redash here, tag the instance (e.g. redash:version)", ErrNotConfigured)
+				return fmt.Errorf("%w after %s: to run Redash here, tag the instance (e.g. redash:version) and run `systemctl restart redash-agent` (or reboot)", ErrNotConfigured, a.grace())
 			}
 			layers = append(layers, config.FromTags(inst.Tags))
 			imdsRegion = inst.Region
@@ -261,6 +267,44 @@ func (a *Agent) Resolve(ctx context.Context) (Resolved, error) {
 		return nil
 	})
 	return r, err
+}
+
+// readInstance reads the instance and its tags from IMDS. When the tags are
+// all the configuration there can be (nothingLocal), "no redash: tags" and
+// "tags not visible" are re-read until the grace, counted from the first
+// call, has passed: tags added just after launch (by a script or a Lambda
+// rather than the launch template) then still configure this boot, and the
+// decision takes the same time whichever way IMDS says "nothing".
+func (a *Agent) readInstance(ctx context.Context, nothingLocal bool) (imds.Instance, error) {
+	until := time.Now().Add(a.grace())
+	for attempt := 1; ; attempt++ {
+		opts := imds.Options{Deadline: a.o.IMDSDeadline, Logger: a.log}
+		if nothingLocal {
+			// A TagsDeadline of 0 means "no bound": never pass it.
+			opts.TagsDeadline = max(time.Until(until), time.Millisecond)
+		}
+		inst, err := a.remote.imds(opts).Instance(ctx)
+		nothingYet := errors.Is(err, imds.ErrTagsNotEnabled) || err == nil && !config.HasRedashTags(inst.Tags)
+		left := time.Until(until)
+		if !nothingLocal || !nothingYet || left <= 0 {
+			return inst, err
+		}
+		wait := min(a.tagsPoll, left)
+		a.log.Info("no redash: tags yet; reading them again", "attempt", attempt, "in", wait.Round(time.Millisecond), "grace_left", left.Round(time.Millisecond))
+		select {
+		case <-ctx.Done():
+			return inst, fmt.Errorf("waiting for the instance's redash: tags: %w", ctx.Err())
+		case <-time.After(wait):
+		}
+	}
+}
+
+// grace is how long an instance with nothing local waits for redash: tags.
+func (a *Agent) grace() time.Duration {
+	if a.notConfiguredGrace > 0 {
+		return a.notConfiguredGrace
+	}
+	return unconfiguredTagsGrace
 }
 
 // FetchSecrets gets every secret the configuration references, in parallel.
@@ -339,26 +383,77 @@ func (a *Agent) Render(ctx context.Context) (Rendered, error) {
 // Changes says which written files changed.
 type Changes struct{ Env, Compose bool }
 
-// Write writes the env file (0600) and the compose file atomically; a file
-// whose content is unchanged is not rewritten. On error the old files stay.
+// Write writes the env file (0600) and the compose file as one generation:
+// both or neither (atomicfile.WriteFiles writes both temps before the first
+// rename, and puts the env file back if the compose file's rename fails), so
+// a full disk never leaves env from one configuration beside a compose file
+// from another. A file whose content is unchanged is not rewritten. On error
+// the old files stay.
 func (a *Agent) Write(ctx context.Context, r Rendered) (Changes, error) {
 	var ch Changes
 	err := a.step(ctx, "write "+a.o.Dir, func(ctx context.Context) error {
 		if err := os.MkdirAll(a.o.Dir, 0o755); err != nil {
 			return fmt.Errorf("creating %q: %w", a.o.Dir, err)
 		}
-		var err error
-		// The env file first: a compose file that names ./env is never
-		// on disk without its env file.
-		if ch.Env, err = atomicfile.WriteFile(filepath.Join(a.o.Dir, compose.EnvFileName), r.EnvFile, 0o600); err != nil {
+		if err := a.tightenState(); err != nil {
 			return err
 		}
-		if ch.Compose, err = atomicfile.WriteFile(filepath.Join(a.o.Dir, compose.FileName), r.Compose, 0o644); err != nil {
-			return err
+		// The env file first: should a power cut fall between the two
+		// renames, a compose file that names ./env is never on disk
+		// without its env file (and the next start rewrites both).
+		changed, err := atomicfile.WriteFiles([]atomicfile.File{
+			{Path: filepath.Join(a.o.Dir, compose.EnvFileName), Data: r.EnvFile, Perm: 0o600},
+			{Path: filepath.Join(a.o.Dir, compose.FileName), Data: r.Compose, Perm: 0o644},
+		})
+		if err != nil {
+			return fmt.Errorf("writing the env file and the compose file in %q (both or neither): %w", a.o.Dir, err)
 		}
+		ch.Env, ch.Compose = changed[0], changed[1]
 		return nil
 	})
 	return ch, err
+}
+
+// tightenState gives the state directory 0700 and its key and secret files
+// 0600, whatever mode they were found with (a restored backup, a hand-made
+// directory, an older agent): the hash key lets anyone who reads it test
+// guesses of a secret against the config-hash labels, so it is kept like the
+// env file. Called at every start that writes, before the hash key is read.
+func (a *Agent) tightenState() error {
+	st, err := os.Lstat(a.o.StateDir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil // created 0700 when first needed
+	}
+	if err != nil {
+		return fmt.Errorf("checking state directory %q: %w", a.o.StateDir, err)
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("checking state directory %q: not a directory: remove it or point --state-dir elsewhere", a.o.StateDir)
+	}
+	if st.Mode().Perm() != 0o700 {
+		if err := os.Chmod(a.o.StateDir, 0o700); err != nil {
+			return fmt.Errorf("setting mode 0700 on state directory %q: %w", a.o.StateDir, err)
+		}
+		a.log.Warn("tightened the state directory's mode", "path", a.o.StateDir, "was", st.Mode().Perm().String(), "now", "-rwx------")
+	}
+	for _, path := range []string{a.hashKeyPath(), a.localSecrets(), a.headsCache()} {
+		st, err := os.Lstat(path)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("checking %q: %w", path, err)
+		}
+		// A symlink is not followed: chmod would change its target.
+		if !st.Mode().IsRegular() || st.Mode().Perm() == 0o600 {
+			continue
+		}
+		if err := os.Chmod(path, 0o600); err != nil {
+			return fmt.Errorf("setting mode 0600 on %q: %w", path, err)
+		}
+		a.log.Warn("tightened a state file's mode", "path", path, "was", st.Mode().Perm().String(), "now", "-rw-------")
+	}
+	return nil
 }
 
 // Logger is the agent's logger, for the parts of the CLI around it.

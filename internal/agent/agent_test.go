@@ -34,6 +34,11 @@ type fakeIMDS struct {
 	inst imds.Instance
 	err  error
 
+	// lateTags, when set, are the tags every call after the first
+	// lateAfter answers: an instance tagged after it booted.
+	lateTags  map[string]string
+	lateAfter int
+
 	mu    sync.Mutex
 	calls int
 	opts  imds.Options
@@ -43,6 +48,11 @@ func (f *fakeIMDS) Instance(context.Context) (imds.Instance, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls++
+	if f.lateTags != nil && f.calls > f.lateAfter {
+		inst := f.inst
+		inst.Tags = f.lateTags
+		return inst, nil
+	}
 	return f.inst, f.err
 }
 
@@ -164,6 +174,8 @@ func newHarness(t *testing.T, s setup) *harness {
 			return &secrets.Fetcher{API: h.sm, Region: region, Policy: secrets.Policy{Deadline: 300 * time.Millisecond, BackoffBase: 10 * time.Millisecond, BackoffMax: 50 * time.Millisecond}}, nil
 		},
 	})
+	// The not-configured grace shrunk: the fakes answer at once.
+	h.notConfiguredGrace, h.tagsPoll = testGrace, testGrace/5
 	return h
 }
 
@@ -281,8 +293,10 @@ func TestResolveNotConfigured(t *testing.T) {
 					t.Errorf("error %q does not mention %q", err, w)
 				}
 			}
-			if got := h.imds.opts.TagsDeadline == unconfiguredTagsGrace; got != tc.quick {
-				t.Errorf("IMDS TagsDeadline = %v, want the %v grace: %v", h.imds.opts.TagsDeadline, unconfiguredTagsGrace, tc.quick)
+			// The grace bounds the tag listing (what is left of it on
+			// the last re-read) exactly when nothing local configures.
+			if got := h.imds.opts.TagsDeadline > 0 && h.imds.opts.TagsDeadline <= testGrace; got != tc.quick {
+				t.Errorf("IMDS TagsDeadline = %v, want within the %v grace: %v", h.imds.opts.TagsDeadline, testGrace, tc.quick)
 			}
 			if tc.notConfigured && !strings.Contains(h.logs.String(), "[finished] resolve configuration: not configured") {
 				t.Errorf("not configured is logged as a finished step, not a failure:\n%s", h.logs)

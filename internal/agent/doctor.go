@@ -22,6 +22,7 @@ import (
 	"github.com/redash-agent/redash-agent/internal/dirlock"
 	"github.com/redash-agent/redash-agent/internal/doctor"
 	"github.com/redash-agent/redash-agent/internal/engine"
+	"github.com/redash-agent/redash-agent/internal/migrate"
 	"github.com/redash-agent/redash-agent/internal/envfile"
 	"github.com/redash-agent/redash-agent/internal/exitcode"
 	"github.com/redash-agent/redash-agent/internal/imds"
@@ -216,13 +217,13 @@ func (a *Agent) checkDatabase(ctx context.Context, r Rendered, eng *engine.Engin
 	state := a.databaseState(ctx, r, eng)
 	switch {
 	case strings.HasPrefix(state, "current"):
-		return doctor.Result{Status: doctor.OK, Detail: fmt.Sprintf("%s database %q: %s", addr, db.Name, state)}
+		return doctor.Result{Status: doctor.OK, Detail: fmt.Sprintf("%s database %q: %s", addr, migrate.DatabaseLabel(db), state)}
 	case strings.HasPrefix(state, "unknown: the image's head"):
 		return doctor.Result{Status: doctor.Warn, Detail: state, Fix: "sudo redash-agent migrate"}
 	case strings.HasPrefix(state, "unknown"):
 		return doctor.Result{Status: doctor.Fail, Detail: fmt.Sprintf("%s: %s", addr, state), Fix: "check the security group allows this instance to reach " + addr + " and the db-user/db-password secrets"}
 	default:
-		return doctor.Result{Status: doctor.Warn, Detail: fmt.Sprintf("%s database %q: %s", addr, db.Name, state), Fix: "sudo redash-agent migrate"}
+		return doctor.Result{Status: doctor.Warn, Detail: fmt.Sprintf("%s database %q: %s", addr, migrate.DatabaseLabel(db), state), Fix: "sudo redash-agent migrate"}
 	}
 }
 

@@ -16,15 +16,38 @@ import (
 	"github.com/coreos/go-systemd/v22/journal"
 )
 
+// Formats are the values New accepts ("" picks one).
+var Formats = []string{"text", "json", "journal"}
+
+// journalEnabled is journal.Enabled; tests replace it to be on or off
+// systemd whatever the machine is.
+var journalEnabled = journal.Enabled
+
+// Check refuses a format New does not know, naming the ones it does.
+func Check(format string) error {
+	if format == "" {
+		return nil
+	}
+	for _, f := range Formats {
+		if format == f {
+			return nil
+		}
+	}
+	return fmt.Errorf("using log format %q: unknown: use one of %s (or leave --log-format out: journal under systemd, else text)", format, strings.Join(Formats, ", "))
+}
+
 // New returns the logger for format "text", "json" or "journal" ("" picks
-// journal when stderr is connected to it, else text).
+// journal when stderr is connected to it, else text). "journal" where the
+// journal's socket does not answer (off systemd, in a container) would drop
+// every line, so it falls back to text on w and says so once, first. A
+// format Check refuses is text; callers check first.
 func New(w io.Writer, format string) *slog.Logger {
 	if format == "" {
 		format = "text"
 		// go-systemd compares stderr's device and inode with JOURNAL_STREAM,
 		// so a child that inherited the variable but writes elsewhere (a
 		// pipe, a file) keeps text. A malformed variable also means text.
-		if toJournal, err := journal.StderrIsJournalStream(); err == nil && toJournal && journal.Enabled() {
+		if toJournal, err := journal.StderrIsJournalStream(); err == nil && toJournal && journalEnabled() {
 			format = "journal"
 		}
 	}
@@ -32,6 +55,11 @@ func New(w io.Writer, format string) *slog.Logger {
 	case "json":
 		return slog.New(slog.NewJSONHandler(w, nil))
 	case "journal":
+		if !journalEnabled() {
+			l := slog.New(slog.NewTextHandler(w, nil))
+			l.Warn("the systemd journal is not reachable (no socket at /run/systemd/journal/socket): logging text to stderr instead", "log_format", "journal")
+			return l
+		}
 		return slog.New(&JournalHandler{send: journal.Send, level: slog.LevelInfo, mu: new(sync.Mutex)})
 	default:
 		return slog.New(slog.NewTextHandler(w, nil))

@@ -193,3 +193,38 @@ func TestTextFallback(t *testing.T) {
 		t.Errorf("json log = %q", b.String())
 	}
 }
+
+// TestNewJournalOffSystemd: --log-format journal where the journal does not
+// answer logs text to the writer, after one warning (before: every line was
+// dropped).
+func TestNewJournalOffSystemd(t *testing.T) {
+	for _, on := range []bool{false, true} {
+		journalEnabled = func() bool { return on }
+		var buf bytes.Buffer
+		log := New(&buf, "journal")
+		log.Info("[started] fetch secrets", "step", "fetch secrets")
+		out := buf.String()
+		if on {
+			if _, ok := log.Handler().(*JournalHandler); !ok || out != "" {
+				t.Errorf("on systemd: handler %T, wrote %q; want the journal", log.Handler(), out)
+			}
+			continue
+		}
+		if strings.Count(out, "systemd journal is not reachable") != 1 || !strings.Contains(out, `msg="[started] fetch secrets" step="fetch secrets"`) {
+			t.Errorf("off systemd: want one warning and then text lines, got:\n%s", out)
+		}
+	}
+	journalEnabled = journal.Enabled
+}
+
+func TestCheckFormat(t *testing.T) {
+	for _, f := range append([]string{""}, Formats...) {
+		if err := Check(f); err != nil {
+			t.Errorf("Check(%q) = %v", f, err)
+		}
+	}
+	err := Check("xml")
+	if err == nil || !strings.Contains(err.Error(), `"xml"`) || !strings.Contains(err.Error(), "text, json, journal") {
+		t.Errorf("Check(xml) = %v, want it refused naming the valid formats", err)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -37,11 +38,57 @@ func connConfig(t desired.DB, appName string, timeout time.Duration) (*pgx.ConnC
 		dsnQuote(t.Host), t.Port, dsnQuote(t.User), dsnQuote(t.Name), secs, dsnQuote(appName))
 	cfg, err := pgx.ParseConfig(dsn)
 	if err != nil {
-		return nil, fmt.Errorf("building the connection to %s, database %q: %w", t.Addr(), t.Name, err)
+		return nil, fmt.Errorf("building the connection to %s, database %q: %w", t.Addr(), dbLabel(t), err)
 	}
 	cfg.Password = t.Password.Reveal()
 	return cfg, nil
 }
+
+// redacted stands for the database user name in errors and logs.
+const redacted = "[redacted db user]"
+
+// dbLabel is how errors and logs name the database: its name, unless that is
+// the user name (the default, as in the seed), which is a credential.
+func dbLabel(t desired.DB) string { return DatabaseLabel(t) }
+
+// DatabaseLabel is how output names the database t: its name, or a
+// placeholder when the name is the user name (the default), a credential.
+func DatabaseLabel(t desired.DB) string {
+	if t.Name == t.User {
+		return redacted
+	}
+	return t.Name
+}
+
+// redactUser hides the database user name in err's text: pgx puts it in
+// every connection error ("failed to connect to `user=… database=…`") and
+// PostgreSQL in its own ("password authentication failed for user …").
+// errors.Is and errors.As still see the original chain.
+func redactUser(err error, user string) error {
+	if err == nil || user == "" {
+		return err
+	}
+	// Only whole words: a short user name must not garble other words.
+	re := regexp.MustCompile(`(^|[^A-Za-z0-9_$])` + regexp.QuoteMeta(user) + `($|[^A-Za-z0-9_$])`)
+	text := err.Error()
+	for { // adjacent matches share a boundary character: repeat until none
+		next := re.ReplaceAllString(text, "${1}"+redacted+"${2}")
+		if next == text {
+			break
+		}
+		text = next
+	}
+	return &redactedError{text: text, err: err}
+}
+
+// redactedError is err with its text redacted.
+type redactedError struct {
+	text string
+	err  error
+}
+
+func (e *redactedError) Error() string { return e.text }
+func (e *redactedError) Unwrap() error { return e.err }
 
 // dsnQuote quotes a keyword/value DSN value as libpq does.
 func dsnQuote(s string) string {
@@ -72,16 +119,16 @@ func connect(ctx context.Context, t desired.DB, log *slog.Logger) (*pgx.Conn, er
 		}
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) {
-			return nil, fmt.Errorf("connecting to PostgreSQL at %s as %q, database %q: %w: check the db-user/db-password secrets and redash:db-name", t.Addr(), t.User, t.Name, err)
+			return nil, fmt.Errorf("connecting to PostgreSQL at %s, database %q: %w: check the db-user/db-password secrets and redash:db-name", t.Addr(), dbLabel(t), err)
 		}
 		// An attempt cut short by the deadline says less than the one
 		// before it ("connection refused", "no route to host").
 		if lastErr == nil || ctx.Err() == nil {
 			lastErr = err
 		}
-		log.Warn("database not reachable yet", "attempt", attempt, "err", err)
+		log.Warn("database not reachable yet", "attempt", attempt, "err", redactUser(err, t.User))
 		if backoff.Sleep(ctx, connectRetry.Next(attempt)) != nil {
-			return nil, fmt.Errorf("connecting to PostgreSQL at %s, database %q: not reachable after %d attempts: %w: check redash:db-endpoint, the security groups and that the database is up", t.Addr(), t.Name, attempt, lastErr)
+			return nil, fmt.Errorf("connecting to PostgreSQL at %s, database %q: not reachable after %d attempts: %w: check redash:db-endpoint, the security groups and that the database is up", t.Addr(), dbLabel(t), attempt, lastErr)
 		}
 	}
 }
@@ -89,6 +136,11 @@ func connect(ctx context.Context, t desired.DB, log *slog.Logger) (*pgx.Conn, er
 // Inspect connects once and reports the schema's state relative to head,
 // for `status` and `config`. It takes no lock and changes nothing.
 func Inspect(ctx context.Context, t desired.DB, head string) (State, error) {
+	st, err := inspectOnce(ctx, t, head)
+	return st, redactUser(err, t.User)
+}
+
+func inspectOnce(ctx context.Context, t desired.DB, head string) (State, error) {
 	timeout := maxConnectTimeout
 	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < timeout {
 		timeout = time.Until(dl)
@@ -99,12 +151,12 @@ func Inspect(ctx context.Context, t desired.DB, head string) (State, error) {
 	}
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
-		return "", fmt.Errorf("connecting to PostgreSQL at %s, database %q: %w: check redash:db-endpoint and the database credentials", t.Addr(), t.Name, err)
+		return "", fmt.Errorf("connecting to PostgreSQL at %s, database %q: %w: check redash:db-endpoint and the database credentials", t.Addr(), dbLabel(t), err)
 	}
 	defer conn.Close(context.Background())
 	st, _, err := inspect(ctx, conn, head)
 	if err != nil {
-		return "", fmt.Errorf("inspecting database %q at %s: %w", t.Name, t.Addr(), err)
+		return "", fmt.Errorf("inspecting database %q at %s: %w", dbLabel(t), t.Addr(), err)
 	}
 	return st, nil
 }
@@ -171,22 +223,22 @@ func acquireLock(ctx context.Context, conn *pgx.Conn, t desired.DB, timeout time
 	}
 	ms := strconv.FormatInt(timeout.Milliseconds(), 10)
 	if _, err := conn.Exec(ctx, `SELECT set_config('lock_timeout', $1, false)`, ms); err != nil {
-		return nil, fmt.Errorf("setting lock_timeout on database %q at %s: %w", t.Name, t.Addr(), err)
+		return nil, fmt.Errorf("setting lock_timeout on database %q at %s: %w", dbLabel(t), t.Addr(), err)
 	}
 	start := time.Now()
 	// Try first so the journal says when an instance has to wait.
 	var got bool
 	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, lockKey).Scan(&got); err != nil {
-		return nil, fmt.Errorf("taking the migration lock on database %q at %s: %w", t.Name, t.Addr(), err)
+		return nil, fmt.Errorf("taking the migration lock on database %q at %s: %w", dbLabel(t), t.Addr(), err)
 	}
 	if !got {
 		log.Info("waiting for the migration lock", "holder", describeHolders(holders(ctx, conn)), "timeout", timeout)
 		if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1)`, lockKey); err != nil {
 			var pgErr *pgconn.PgError
 			if errors.As(err, &pgErr) && pgErr.Code == "55P03" { // lock_not_available
-				return nil, fmt.Errorf("taking the migration lock on database %q at %s: not granted within %s; held by %s: that instance is migrating or stuck; if stuck, end its session with pg_terminate_backend(pid)", t.Name, t.Addr(), timeout, describeHolders(holders(ctx, conn)))
+				return nil, fmt.Errorf("taking the migration lock on database %q at %s: not granted within %s; held by %s: that instance is migrating or stuck; if stuck, end its session with pg_terminate_backend(pid)", dbLabel(t), t.Addr(), timeout, describeHolders(holders(ctx, conn)))
 			}
-			return nil, fmt.Errorf("taking the migration lock on database %q at %s: %w", t.Name, t.Addr(), err)
+			return nil, fmt.Errorf("taking the migration lock on database %q at %s: %w", dbLabel(t), t.Addr(), err)
 		}
 	}
 	log.Info("migration lock taken", "waited", time.Since(start).Round(time.Millisecond))
@@ -263,7 +315,7 @@ func waitForOrphans(ctx context.Context, conn *pgx.Conn, t desired.DB, log *slog
 	for logged := false; ; {
 		hs, err := orphans(ctx, conn)
 		if err != nil {
-			return fmt.Errorf("looking for running migrations in database %q at %s: %w", t.Name, t.Addr(), err)
+			return fmt.Errorf("looking for running migrations in database %q at %s: %w", dbLabel(t), t.Addr(), err)
 		}
 		if len(hs) == 0 {
 			return nil
@@ -273,7 +325,7 @@ func waitForOrphans(ctx context.Context, conn *pgx.Conn, t desired.DB, log *slog
 			logged = true
 		}
 		if backoff.Sleep(ctx, backoff.Spread(time.Second)) != nil {
-			return fmt.Errorf("waiting for an orphaned migration in database %q at %s to end: still running: %s: stop that one-off container (name <project>-migrate-*) or end the session with pg_terminate_backend(pid)", t.Name, t.Addr(), describeHolders(hs))
+			return fmt.Errorf("waiting for an orphaned migration in database %q at %s to end: still running: %s: stop that one-off container (name <project>-migrate-*) or end the session with pg_terminate_backend(pid)", dbLabel(t), t.Addr(), describeHolders(hs))
 		}
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -29,6 +30,7 @@ import (
 	"github.com/redash-agent/redash-agent/internal/backoff"
 	"github.com/redash-agent/redash-agent/internal/compose"
 	"github.com/redash-agent/redash-agent/internal/desired"
+	"github.com/redash-agent/redash-agent/internal/engine"
 )
 
 // State is what the schema looks like relative to the image's head revision.
@@ -74,6 +76,58 @@ type Options struct {
 	HeadsCache string // JSON file image id -> head revision; "" disables caching
 	Runner     Runner
 	Logger     *slog.Logger
+}
+
+// containerLister is the engine's read of a project's containers. A Runner
+// that has it lets a failed migration say whether Redash is still up: a
+// migration is cut short by a daemon restart too, and that restart stops
+// the running containers as well (their policy is on-failure).
+type containerLister interface {
+	Containers(ctx context.Context, project string) ([]engine.Container, error)
+}
+
+var _ containerLister = (*engine.Engine)(nil)
+
+// servingTimeout bounds the look at the containers after a failure; the
+// caller's context may be the one that just ended.
+const servingTimeout = 5 * time.Second
+
+// serving says what is true of the project's long-running containers after
+// a failed migration, for the error: the old containers still serving, none
+// running (and that the agent restarts them), or that it could not tell.
+func serving(o Options) string {
+	l, ok := o.Runner.(containerLister)
+	if !ok {
+		return "whether the old containers still serve was not checked: see `redash-agent status`"
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), servingTimeout)
+	defer cancel()
+	cs, err := l.Containers(ctx, o.Project)
+	if err != nil {
+		return fmt.Sprintf("could not tell whether the old containers still serve (%v): see `redash-agent status` once Docker answers", err)
+	}
+	var running, stopped []string
+	for _, c := range cs {
+		if c.OneOff {
+			continue
+		}
+		if c.State == "running" {
+			running = append(running, c.Name)
+		} else {
+			stopped = append(stopped, c.Name+" "+c.State)
+		}
+	}
+	switch {
+	case len(running) > 0 && len(stopped) == 0:
+		return fmt.Sprintf("the old containers keep serving (%s running)", strings.Join(running, ", "))
+	case len(running) > 0:
+		return fmt.Sprintf("some old containers keep serving (%s running; %s)", strings.Join(running, ", "), strings.Join(stopped, ", "))
+	case len(stopped) > 0:
+		return fmt.Sprintf("Redash is down: no container of project %q is running (%s), as a Docker daemon restart leaves them; "+
+			"the agent starts them after the migration succeeds (`redash-agent up`, or run's next converge)", o.Project, strings.Join(stopped, ", "))
+	default:
+		return fmt.Sprintf("project %q has no containers yet, so nothing was serving", o.Project)
+	}
 }
 
 // Result says what Run found and did.
@@ -133,14 +187,23 @@ func (o Options) validate() error {
 // instance has. It returns an error, and runs nothing, when the database is
 // unreachable; when the one-off fails the error carries its last log lines
 // and the caller should keep the old containers serving.
+//
+// The database user name is a credential (it comes from Secrets Manager):
+// it never appears in the error or the log, and neither does a database
+// name that is the user name (the default).
 func Run(ctx context.Context, o Options) (Result, error) {
+	res, err := run(ctx, o)
+	return res, redactUser(err, o.DB.User)
+}
+
+func run(ctx context.Context, o Options) (Result, error) {
 	o = o.withDefaults()
 	if err := o.validate(); err != nil {
 		return Result{}, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, o.Deadline)
 	defer cancel()
-	log := o.Logger.With("db", o.DB.Name, "addr", o.DB.Addr())
+	log := o.Logger.With("db", dbLabel(o.DB), "addr", o.DB.Addr())
 
 	// Reach the database before touching Docker: an unreachable database
 	// must leave no container behind.
@@ -174,7 +237,7 @@ func Run(ctx context.Context, o Options) (Result, error) {
 
 	st, version, err := inspect(ctx, conn, head)
 	if err != nil {
-		return res, fmt.Errorf("inspecting database %q at %s: %w", o.DB.Name, o.DB.Addr(), err)
+		return res, fmt.Errorf("inspecting database %q at %s: %w", dbLabel(o.DB), o.DB.Addr(), err)
 	}
 	res.Before, res.After = st, st
 	log.Info("database state", "state", st, "version", version, "head", head)
@@ -188,27 +251,27 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	case StateBehind:
 		res.Ran, cmd = RanUpgrade, []string{"manage", "db", "upgrade"}
 	default:
-		return res, fmt.Errorf("database %q at %s has tables but alembic_version is %s: it is not a Redash database this agent can migrate; point redash:db-name at the Redash database or fix alembic_version by hand", o.DB.Name, o.DB.Addr(), describeVersion(version))
+		return res, fmt.Errorf("database %q at %s has tables but alembic_version is %s: it is not a Redash database this agent can migrate; point redash:db-name at the Redash database or fix alembic_version by hand", dbLabel(o.DB), o.DB.Addr(), describeVersion(version))
 	}
 
 	log.Info("[started] "+res.Ran, "image", o.Image)
 	code, logs, err := runWatched(ctx, conn, o, cmd)
 	if err != nil {
 		log.Error("[failed] "+res.Ran, "err", err)
-		return res, fmt.Errorf("running %q in a one-off of %q: %w", res.Ran, o.Image, err)
+		return res, fmt.Errorf("running %q in a one-off of %q: %w; %s", res.Ran, o.Image, err, serving(o))
 	}
 	if code != 0 {
 		log.Error("[failed] "+res.Ran, "exit", code)
-		return res, fmt.Errorf("running %q in a one-off of %q: exit code %d; the old containers keep serving; last log lines:\n%s", res.Ran, o.Image, code, tail(logs, 20))
+		return res, fmt.Errorf("running %q in a one-off of %q: exit code %d; %s; last log lines:\n%s", res.Ran, o.Image, code, serving(o), tail(logs, 20))
 	}
 
 	after, version, err := inspect(ctx, conn, head)
 	if err != nil {
-		return res, fmt.Errorf("inspecting database %q at %s after %s: %w", o.DB.Name, o.DB.Addr(), res.Ran, err)
+		return res, fmt.Errorf("inspecting database %q at %s after %s: %w", dbLabel(o.DB), o.DB.Addr(), res.Ran, err)
 	}
 	res.After = after
 	if after != StateCurrent {
-		return res, fmt.Errorf("after %q database %q is %s at %s, want head %q: check the one-off's output:\n%s", res.Ran, o.DB.Name, after, describeVersion(version), head, tail(logs, 20))
+		return res, fmt.Errorf("after %q database %q is %s at %s, want head %q: check the one-off's output:\n%s", res.Ran, dbLabel(o.DB), after, describeVersion(version), head, tail(logs, 20))
 	}
 	log.Info("[finished] "+res.Ran, "version", version)
 	return res, nil
@@ -283,9 +346,9 @@ func waitForHead(ctx context.Context, conn *pgx.Conn, o Options, res Result, log
 		st, version, err := inspect(ctx, conn, res.Head)
 		if err != nil {
 			if ctx.Err() != nil {
-				return res, fmt.Errorf("waiting for database %q at %s to reach revision %q: deadline of %s passed while inspecting it: %w", o.DB.Name, o.DB.Addr(), res.Head, o.Deadline, err)
+				return res, fmt.Errorf("waiting for database %q at %s to reach revision %q: deadline of %s passed while inspecting it: %w", dbLabel(o.DB), o.DB.Addr(), res.Head, o.Deadline, err)
 			}
-			return res, fmt.Errorf("inspecting database %q at %s: %w", o.DB.Name, o.DB.Addr(), err)
+			return res, fmt.Errorf("inspecting database %q at %s: %w", dbLabel(o.DB), o.DB.Addr(), err)
 		}
 		if first {
 			res.Before = st
@@ -297,11 +360,11 @@ func waitForHead(ctx context.Context, conn *pgx.Conn, o Options, res Result, log
 			log.Info("database at head", "version", version, "waited", time.Since(start).Round(time.Millisecond))
 			return res, nil
 		case StateUnknown:
-			return res, fmt.Errorf("database %q at %s has tables but alembic_version is %s: not a Redash database; point redash:db-name at the Redash database", o.DB.Name, o.DB.Addr(), describeVersion(version))
+			return res, fmt.Errorf("database %q at %s has tables but alembic_version is %s: not a Redash database; point redash:db-name at the Redash database", dbLabel(o.DB), o.DB.Addr(), describeVersion(version))
 		}
 		log.Info("waiting for another instance to migrate", "state", st, "version", version, "head", res.Head)
 		if backoff.Sleep(ctx, backoff.Spread(workerPoll)) != nil {
-			return res, fmt.Errorf("waiting for database %q at %s to reach revision %q: still %s (%s) after %s; role %q never migrates: start an instance with redash:role=all or web, or run `redash-agent migrate` on one", o.DB.Name, o.DB.Addr(), res.Head, st, describeVersion(version), time.Since(start).Round(time.Second), compose.RoleWorker)
+			return res, fmt.Errorf("waiting for database %q at %s to reach revision %q: still %s (%s) after %s; role %q never migrates: start an instance with redash:role=all or web, or run `redash-agent migrate` on one", dbLabel(o.DB), o.DB.Addr(), res.Head, st, describeVersion(version), time.Since(start).Round(time.Second), compose.RoleWorker)
 		}
 	}
 }

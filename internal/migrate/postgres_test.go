@@ -6,6 +6,7 @@ package migrate
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/redash-agent/redash-agent/internal/compose"
 	"github.com/redash-agent/redash-agent/internal/desired"
+	"github.com/redash-agent/redash-agent/internal/engine"
 	"github.com/redash-agent/redash-agent/internal/secrets"
 	"github.com/redash-agent/redash-agent/internal/testenv"
 )
@@ -289,5 +291,117 @@ func TestRunWaitsForOrphanedMigration(t *testing.T) {
 	}
 	if res.After != StateCurrent || res.Ran != RanNone {
 		t.Errorf("Run = %+v", res)
+	}
+}
+
+// killedRunner answers `manage db heads` with head and kills every other
+// one-off as a Docker daemon restart does (exit 137), then reports the
+// project's containers as they are after the restart.
+type killedRunner struct {
+	headsRunner
+	containers []engine.Container
+	listErr    error
+}
+
+func (r *killedRunner) RunOneOff(ctx context.Context, spec OneOff) (int, string, error) {
+	if strings.Join(spec.Cmd, " ") == "manage db heads" {
+		return r.headsRunner.RunOneOff(ctx, spec)
+	}
+	return 137, "Running upgrade r1 -> r2\n", nil
+}
+
+func (r *killedRunner) Containers(context.Context, string) ([]engine.Container, error) {
+	return r.containers, r.listErr
+}
+
+// TestRunCutShortReportsWhatIsServing: a migration cut short says what is
+// true of the old containers (before: always "the old containers keep
+// serving", also when the daemon restart that cut it had stopped them).
+func TestRunCutShortReportsWhatIsServing(t *testing.T) {
+	pg := testenv.Postgres(t)
+	server := engine.Container{Name: "redash-server-1", Service: "server"}
+	worker := engine.Container{Name: "redash-worker-1", Service: "worker"}
+	oneOff := engine.Container{Name: "redash-migrate-x", OneOff: true, State: "running"}
+	with := func(c engine.Container, state string) engine.Container { c.State = state; return c }
+	tests := []struct {
+		name       string
+		containers []engine.Container
+		listErr    error
+		want       string
+		notWant    string
+	}{
+		{"daemon restart stopped them", []engine.Container{with(server, "exited"), with(worker, "exited"), oneOff},
+			nil, `Redash is down: no container of project "p" is running (redash-server-1 exited, redash-worker-1 exited)`, "keep serving"},
+		{"still running", []engine.Container{with(server, "running"), with(worker, "running")},
+			nil, "the old containers keep serving (redash-server-1, redash-worker-1 running)", "down"},
+		{"some running", []engine.Container{with(server, "running"), with(worker, "exited")},
+			nil, "some old containers keep serving (redash-server-1 running; redash-worker-1 exited)", "Redash is down"},
+		{"first boot", nil, nil, `project "p" has no containers yet`, "keep serving"},
+		{"docker not answering", nil, errors.New("Cannot connect to the Docker daemon"),
+			"could not tell whether the old containers still serve (Cannot connect to the Docker daemon)", "keep serving ("},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			db := pg.NewDatabase(t)
+			execSQL(t, pg, db, "CREATE TABLE users (i int); CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY); INSERT INTO alembic_version VALUES ('r1')")
+			r := &killedRunner{headsRunner: headsRunner{t: t, head: "r2"}, containers: tc.containers, listErr: tc.listErr}
+			_, err := Run(context.Background(), Options{DB: target(pg, db), Image: "img", Project: "p", Runner: r, Deadline: 30 * time.Second, Logger: testLogger(t)})
+			if err == nil {
+				t.Fatal("Run with a killed one-off succeeded")
+			}
+			t.Logf("error: %v", err)
+			if !strings.Contains(err.Error(), "exit code 137") || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error does not say %q", tc.want)
+			}
+			if strings.Contains(err.Error(), tc.notWant) {
+				t.Errorf("error says %q, which is not true here", tc.notWant)
+			}
+		})
+	}
+}
+
+// TestErrorsHideTheDBUser: the database user name comes from Secrets
+// Manager and is treated as a secret (as the e2e leak scan does): neither
+// pgx's "failed to connect to `user=…`" nor PostgreSQL's "password
+// authentication failed for user …" may carry it, nor a database name that
+// defaults to it, in Run's or Inspect's error (status, doctor, config --db).
+func TestErrorsHideTheDBUser(t *testing.T) {
+	pg := testenv.Postgres(t)
+	const user = "redash_admin_7c1f"
+	wrongPw := desired.DB{Host: pg.Host, Port: pg.Port, User: user, Password: secrets.NewValue("wrong-pw-x"), Name: user}
+	refused := desired.DB{Host: "127.0.0.1", Port: testenv.FreePort(t), User: user, Password: secrets.NewValue("pw"), Name: user}
+	var logs strings.Builder
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	check := func(what string, err error) {
+		t.Helper()
+		if err == nil {
+			t.Fatalf("%s succeeded", what)
+		}
+		t.Logf("%s: %v", what, err)
+		if strings.Contains(err.Error(), user) {
+			t.Errorf("%s: error names the database user: %v", what, err)
+		}
+		if !strings.Contains(err.Error(), "[redacted db user]") {
+			t.Errorf("%s: error does not say what it left out: %v", what, err)
+		}
+	}
+	_, err := Run(context.Background(), Options{DB: wrongPw, Image: "img", Project: "p", Runner: &headsRunner{t: t, head: "r1"}, Deadline: 10 * time.Second, Logger: log})
+	check("Run, wrong password", err)
+	if !strings.Contains(err.Error(), "password authentication failed") {
+		t.Errorf("the cause is gone: %v", err)
+	}
+	_, err = Inspect(context.Background(), wrongPw, "r1")
+	check("Inspect, wrong password", err)
+	_, err = Run(context.Background(), Options{DB: refused, Image: "img", Project: "p", Runner: &headsRunner{t: t, head: "r1"}, Deadline: 2 * time.Second, Logger: log})
+	check("Run, refused", err)
+	if strings.Contains(logs.String(), user) {
+		t.Errorf("the log names the database user:\n%s", logs.String())
+	}
+}
+
+func TestRedactUserWholeWords(t *testing.T) {
+	err := redactUser(errors.New("failed to connect to `user=ab database=ab`: role \"ab\" absent; abc tab"), "ab")
+	if want := "failed to connect to `user=[redacted db user] database=[redacted db user]`: role \"[redacted db user]\" absent; abc tab"; err.Error() != want {
+		t.Errorf("got  %s\nwant %s", err, want)
 	}
 }
