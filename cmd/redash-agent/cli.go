@@ -62,9 +62,6 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		RunE: func(c *cobra.Command, _ []string) error { return c.Help() },
 		// cobra's default, which it sets only on its own unknown-command path.
 		SuggestionsMinimumDistance: 2,
-		PersistentPreRun: func(c *cobra.Command, _ []string) {
-			g.configGiven = c.Flags().Changed("config")
-		},
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
@@ -81,7 +78,9 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return exitcode.UsageError(err) })
 	// Flags are checked before any command runs: an unknown format would
 	// otherwise be text without a word, and a typo in a unit file unseen.
-	root.PersistentPreRunE = func(*cobra.Command, []string) error {
+	// One hook: cobra runs only PersistentPreRunE when both are set.
+	root.PersistentPreRunE = func(c *cobra.Command, _ []string) error {
+		g.configGiven = c.Flags().Changed("config")
 		if err := logging.Check(g.logFormat); err != nil {
 			return exitcode.UsageError(err)
 		}
