@@ -21,6 +21,12 @@ import (
 // LockWait bounds how long a second agent waits for the first one's lock on --dir.
 const LockWait = 5 * time.Minute
 
+// DockerWait bounds how long up, run and migrate wait for the Docker Engine
+// to answer: at boot dockerd may start after the agent (or restart), and a
+// unit restart would only write the files again. Two minutes covers a slow
+// boot and stays inside the step's EXTEND_TIMEOUT_USEC.
+const DockerWait = 2 * time.Minute
+
 // UpResult says what one converge did.
 type UpResult struct {
 	Config  config.Config
@@ -87,6 +93,11 @@ func (a *Agent) Up(ctx context.Context) (UpResult, error) {
 		return res, err
 	}
 	defer eng.Close()
+	// At boot dockerd may still be starting: wait for it (bounded, logged)
+	// instead of failing after the files were written.
+	if err := eng.WaitDaemon(ctx, DockerWait); err != nil {
+		return res, err
+	}
 	o, err := a.observe(ctx, eng, d)
 	if err != nil {
 		return res, err
@@ -248,6 +259,9 @@ func (a *Agent) MigrateOnly(ctx context.Context) (migrate.Result, error) {
 		return migrate.Result{}, err
 	}
 	defer eng.Close()
+	if err := eng.WaitDaemon(ctx, DockerWait); err != nil {
+		return migrate.Result{}, err
+	}
 	if err := a.ensureImages(ctx, eng, d); err != nil {
 		return migrate.Result{}, err
 	}

@@ -4,11 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/redash-agent/redash-agent/internal/secrets"
 	"math/rand/v2"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/docker/docker/client"
+
+	"github.com/redash-agent/redash-agent/internal/backoff"
+	"github.com/redash-agent/redash-agent/internal/engine"
+	"github.com/redash-agent/redash-agent/internal/secrets"
 )
 
 // Notifier is the part of systemd's notify protocol `run` uses; a no-op off systemd.
@@ -17,7 +22,10 @@ type Notifier interface {
 	Ready(status string)
 	Stopping()
 	ExtendTimeout(d time.Duration)
-	StartWatchdog(ctx context.Context)
+	// WatchdogInterval is the unit's WatchdogSec, 0 when it has none.
+	WatchdogInterval() time.Duration
+	// Watchdog sends one WATCHDOG=1.
+	Watchdog()
 }
 
 // stepBudget is how much start time each boot step asks systemd for
@@ -42,7 +50,14 @@ const shutdownGrace = 60 * time.Second
 // (ctx done) without stopping Redash: the containers belong to Docker. A
 // converge under way at SIGTERM is finished first (see shutdownGrace).
 func (a *Agent) Run(ctx context.Context, n Notifier) error {
-	n.StartWatchdog(ctx)
+	live := newProgress(time.Now)
+	if every := n.WatchdogInterval() / 2; every > 0 {
+		wctx, stopWatchdog := context.WithCancel(context.WithoutCancel(ctx))
+		defer stopWatchdog()
+		t := time.NewTicker(every)
+		defer t.Stop()
+		go a.watchdog(wctx, n, live, t.C)
+	}
 	var stopOnce sync.Once
 	stopping := func() {
 		stopOnce.Do(func() {
@@ -64,7 +79,7 @@ func (a *Agent) Run(ctx context.Context, n Notifier) error {
 	}
 
 	boot := time.Now()
-	res, err := a.converge(ctx, n, stopping)
+	res, err := a.converge(ctx, n, stopping, live, "boot")
 	if errors.Is(err, ErrNotConfigured) {
 		a.log.Info("not configured: exiting cleanly", "step", "boot")
 		n.Ready("not configured: no redash: tags and no config file settings; nothing to do")
@@ -90,23 +105,37 @@ func (a *Agent) Run(ctx context.Context, n Notifier) error {
 	// From here on a Secrets Manager outage only delays a refresh: the
 	// running stack stays as it is, so a fetch gives up sooner.
 	a.secretsPolicy = secrets.Refresh
+	// dockerDown: the last converge could not reach the daemon, so the next
+	// watch probes it and converges as soon as it answers. flaps counts the
+	// daemon-back wakes in a row whose converge failed anyway; it spaces the
+	// next ones (see engine.WatchOptions.Delay).
+	dockerDown, flaps := false, 0
 	for {
-		died, unwatch := a.watchContainers(ctx, project)
+		live.waiting()
+		wake, unwatch := a.watchContainers(ctx, project, engine.WatchOptions{DaemonDown: dockerDown, Delay: flapDelay(flaps)})
 		timer := time.NewTimer(splay(refresh))
 		reason := ""
+		daemonBack := false
 		select {
 		case <-ctx.Done():
 		case <-timer.C:
 			reason = "refresh"
-		case name := <-died:
-			reason = "container " + name + " died or was removed"
+		case w := <-wake:
+			if w.DaemonBack {
+				// Docker does not start Redash at daemon start (restart
+				// policy on-failure): converge now, not at the next refresh.
+				reason, daemonBack = "the docker engine answers again", true
+				break
+			}
+			reason = "container " + w.Container + " died or was removed"
 			select {
 			case <-time.After(containerSettle):
 			case <-ctx.Done():
 			}
 		}
 		// Each wait has its own events subscription: ending it here keeps
-		// one open stream (and goroutine) per agent, not one per refresh.
+		// one open stream (and goroutine) per agent, not one per refresh,
+		// and the converge's own stops and removals wake nobody.
 		unwatch()
 		timer.Stop()
 		if ctx.Err() != nil {
@@ -114,7 +143,7 @@ func (a *Agent) Run(ctx context.Context, n Notifier) error {
 			return nil
 		}
 		a.log.Info("converging", "step", "reconverge", "reason", reason)
-		res2, err := a.converge(ctx, n, stopping)
+		res2, err := a.converge(ctx, n, stopping, live, reason)
 		if ctx.Err() != nil {
 			// Stopping: no "ready" after STOPPING=1; the loop's top returns.
 			if err != nil {
@@ -123,22 +152,44 @@ func (a *Agent) Run(ctx context.Context, n Notifier) error {
 			continue
 		}
 		if err != nil {
-			// The running containers stay as they are; the next tick tries again.
-			a.log.Error("converge failed; containers left as they are", "step", "reconverge", "err", err)
+			// The running containers stay as they are; the next tick (or the
+			// daemon's return) tries again.
+			dockerDown = client.IsErrConnectionFailed(err)
+			if daemonBack {
+				flaps++
+			}
+			a.log.Error("converge failed; containers left as they are", "step", "reconverge", "err", err, "docker_unreachable", dockerDown)
 			n.Status("degraded since %s: %s", time.Now().UTC().Format(time.RFC3339), firstLine(err.Error()))
 			continue
 		}
+		dockerDown, flaps = false, 0
 		refresh, project = res2.Config.Refresh, res2.Config.Project
 		n.Status("ready: converged after %s (%d changes)", reason, res2.Plan.Mutations())
 	}
 }
 
+// flapPolicy spaces daemon-back converges that keep failing (see flaps).
+var flapPolicy = backoff.Policy{Base: 2 * time.Second, Max: 2 * time.Minute}
+
+func flapDelay(flaps int) time.Duration {
+	if flaps == 0 {
+		return 0
+	}
+	return flapPolicy.Next(flaps)
+}
+
 // converge runs Up once under a context that outlives ctx by shutdownGrace:
 // on SIGTERM it tells systemd STOPPING=1 and how long the stop may take, and
 // lets the converge under way finish.
-func (a *Agent) converge(ctx context.Context, n Notifier, stopping func()) (UpResult, error) {
-	uctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+func (a *Agent) converge(ctx context.Context, n Notifier, stopping func(), live *progress, why string) (UpResult, error) {
+	// ConvergeDeadline bounds the converge even when nothing stops it; the
+	// watchdog pings only until then (plus watchdogSlack), so a converge
+	// stuck past it where a context cannot reach (a syscall, a deadlock)
+	// gets the agent restarted by systemd.
+	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ConvergeDeadline)
 	defer cancel()
+	live.converging(why, ConvergeDeadline)
+	defer live.waiting()
 	stop := context.AfterFunc(ctx, func() {
 		stopping()
 		n.ExtendTimeout(shutdownGrace)
@@ -152,17 +203,17 @@ func (a *Agent) converge(ctx context.Context, n Notifier, stopping func()) (UpRe
 	return a.Up(uctx)
 }
 
-// watchContainers reports the name of a project container that died or was
-// destroyed. The subscription lives until ctx ends, one event arrives or
-// the returned stop is called.
-func (a *Agent) watchContainers(ctx context.Context, project string) (<-chan string, func()) {
+// watchContainers reports why the project needs a converge (see
+// engine.WatchContainers). The watch lives until ctx ends, one wake is sent
+// or the returned stop is called.
+func (a *Agent) watchContainers(ctx context.Context, project string, o engine.WatchOptions) (<-chan engine.Wake, func()) {
 	eng, err := a.docker()
 	if err != nil {
 		a.log.Warn("not watching containers", "err", err)
-		return make(chan string), func() {}
+		return make(chan engine.Wake), func() {}
 	}
-	died, stop := eng.WatchContainers(ctx, project)
-	return died, func() {
+	wake, stop := eng.WatchContainers(ctx, project, o)
+	return wake, func() {
 		stop()
 		_ = eng.Close()
 	}
@@ -193,4 +244,86 @@ func (a *Agent) timingAttrs() []any {
 type timing struct {
 	step string
 	took time.Duration
+}
+
+// ConvergeDeadline bounds one converge of `run`: the longest legitimate one
+// adds up a Secrets Manager fetch (1 min at boot), the wait for another
+// agent's lock (LockWait, 5 min), an image pull (10 min), the migrations and
+// the readiness wait (2 min), with room to spare.
+const ConvergeDeadline = 30 * time.Minute
+
+// watchdogSlack is how long past ConvergeDeadline the watchdog still pings:
+// a cancelled converge may still remove a one-off or release a lock, each
+// bounded by its own call timeout.
+const watchdogSlack = time.Minute
+
+// progress is what the watchdog knows of run's loop: either a converge is
+// under way, with its deadline, or the loop waits for its next wake.
+type progress struct {
+	now func() time.Time
+
+	mu       sync.Mutex
+	what     string    // why the converge under way runs
+	deadline time.Time // zero while the loop waits
+	warned   bool      // the stop of the pings was logged
+}
+
+func newProgress(now func() time.Time) *progress { return &progress{now: now} }
+
+func (p *progress) converging(what string, budget time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.what, p.deadline, p.warned = what, p.now().Add(budget+watchdogSlack), false
+}
+
+func (p *progress) waiting() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.what, p.deadline, p.warned = "", time.Time{}, false
+}
+
+// alive says whether the loop makes progress: it waits for its next wake,
+// or its converge is still within its deadline. first is true the first
+// time it is not alive since the converge began.
+func (p *progress) alive() (ok bool, what string, over time.Duration, first bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.deadline.IsZero() {
+		return true, "", 0, false
+	}
+	now := p.now()
+	if now.Before(p.deadline) {
+		return true, p.what, 0, false
+	}
+	first = !p.warned
+	p.warned = true
+	return false, p.what, now.Sub(p.deadline), first
+}
+
+// watchdog pings systemd on every tick while the loop is alive and stops
+// pinging while it is not, so a loop wedged past its converge's deadline
+// gets the agent restarted (WatchdogSec in the unit) instead of looking
+// healthy forever. Pings resume if the loop comes back.
+func (a *Agent) watchdog(ctx context.Context, n Notifier, p *progress, tick <-chan time.Time) {
+	a.watchdogTick(n, p)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick:
+			a.watchdogTick(n, p)
+		}
+	}
+}
+
+func (a *Agent) watchdogTick(n Notifier, p *progress) {
+	ok, what, over, first := p.alive()
+	if ok {
+		n.Watchdog()
+		return
+	}
+	if first {
+		a.log.Error("converge stuck past its deadline; no longer pinging the systemd watchdog, so systemd restarts the agent (Redash keeps running under Docker)",
+			"step", "watchdog", "converge", what, "deadline", ConvergeDeadline+watchdogSlack, "over_by", over.Round(time.Second))
+	}
 }

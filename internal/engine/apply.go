@@ -58,6 +58,14 @@ func (e *Engine) Apply(ctx context.Context, d Desired, p Plan, stage Stage) erro
 	}
 	log := e.log().With("project", p.Project, "stage", stage.String())
 	log.Info("[started] applying", "actions", len(todo))
+	if stage == StageContainers && attachesToObservedNetwork(p) {
+		// Whatever attaches to the project network removes the empty
+		// duplicates a create race on Docker before API 1.44 left (see
+		// ensureNetwork); the creates attach by the observed (oldest) ID.
+		if _, err := e.ensureNetwork(ctx, d.Project.Name, false); err != nil {
+			log.Warn("checking the project network for duplicates", "err", err)
+		}
+	}
 
 	// Actions of other stages ran in earlier calls: they count as done.
 	done := make([]chan struct{}, len(p.Actions))
@@ -94,6 +102,22 @@ func (e *Engine) Apply(ctx context.Context, d Desired, p Plan, stage Stage) erro
 	}
 	log.Info("[finished] applying", "actions", len(todo))
 	return nil
+}
+
+// attachesToObservedNetwork: the plan creates containers on a network it
+// observed (it does not create the network itself).
+func attachesToObservedNetwork(p Plan) bool {
+	for _, a := range p.Actions {
+		if a.Kind == ActCreateNetwork {
+			return false
+		}
+	}
+	for _, a := range p.Actions {
+		if a.Kind == ActCreate && a.NetworkID != "" {
+			return true
+		}
+	}
+	return false
 }
 
 // applyState carries what one action learns to the actions after it: the
@@ -147,7 +171,7 @@ func (e *Engine) run(ctx context.Context, d Desired, st *applyState, n int, a Ac
 				id = st.created[a.Service]
 			}
 		})
-		err = e.start(ctx, a.Container, id)
+		err = e.startOrRecreate(ctx, d, a, id)
 	case ActRestart:
 		err = e.restart(ctx, a.Container, a.ID, stopGrace(d.Project.Services[a.Service]))
 	case ActWaitReady:

@@ -42,6 +42,12 @@ func (r *recordingDocker) ContainerStart(_ context.Context, id string, _ contain
 	return nil
 }
 
+// NetworkList finds the one project network: Apply lists it before
+// attaching to it, to remove duplicates (none here).
+func (r *recordingDocker) NetworkList(context.Context, network.ListOptions) ([]network.Summary, error) {
+	return []network.Summary{{ID: net.ID, Name: net.Name}}, nil
+}
+
 func TestApplyRunsNothingAfterAFailedDependency(t *testing.T) {
 	d := desired()
 	o := Observed{Project: "p", Network: net, Images: images}

@@ -7,6 +7,8 @@
 // the agent's job is to run Redash, and a lost status line must not stop it.
 // The only side effect is datagrams written to the socket named by
 // NOTIFY_SOCKET, plus one goroutine while StartWatchdog's context lives.
+// Whether to ping the watchdog is the caller's decision (Watchdog): only the
+// caller knows whether its work makes progress.
 package systemd
 
 import (
@@ -91,11 +93,22 @@ func (n *Notifier) ExtendTimeout(d time.Duration) {
 	n.send("EXTEND_TIMEOUT_USEC=" + strconv.FormatInt(d.Microseconds(), 10))
 }
 
+// Watchdog sends one WATCHDOG=1 keep-alive. `run` calls it from its own
+// check of the loop's progress (every WatchdogInterval/2, and only while the
+// loop is alive), so a wedged loop stops the pings and systemd restarts the
+// agent. A no-op when the unit asks for no watchdog or off systemd.
+func (n *Notifier) Watchdog() {
+	if n.WatchdogInterval() <= 0 {
+		return
+	}
+	n.send(daemon.SdNotifyWatchdog)
+}
+
 // StartWatchdog sends WATCHDOG=1 at half the unit's WatchdogSec until ctx is
 // done, as sd_watchdog_enabled(3) recommends. It returns at once when the unit
 // asks for no watchdog or off systemd. The pings come from their own goroutine,
-// so the watchdog catches a wedged process (deadlock, stuck runtime), not a
-// slow converge; slow steps use ExtendTimeout instead.
+// so they only prove the process is scheduled, not that it makes progress:
+// `run` does not use it (it pings through Watchdog while its loop is alive).
 func (n *Notifier) StartWatchdog(ctx context.Context) {
 	if !n.Enabled() || n.watchdog <= 0 {
 		return
@@ -155,4 +168,13 @@ func fieldName(state string) string {
 		return state[:i]
 	}
 	return state
+}
+
+// WatchdogInterval is the unit's WatchdogSec (0 when none, off systemd, or
+// when the watchdog is meant for another process); pings go at half of it.
+func (n *Notifier) WatchdogInterval() time.Duration {
+	if n == nil || !n.Enabled() {
+		return 0
+	}
+	return n.watchdog
 }
