@@ -348,7 +348,11 @@ func tagsDisabledIMDS(t *testing.T) string {
 // after a short grace, not a 2-minute wait and a failed unit.
 func TestUnconfiguredWithoutTagsExitsQuickly(t *testing.T) {
 	f := newFixture(t, map[string]string{"Name": "imagebuilder-test"})
-	os.Remove(f.config)
+	// A config file without settings: --config must name a file that
+	// exists, and an empty one configures nothing, like the shipped one.
+	if err := os.WriteFile(f.config, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	f.imds = tagsDisabledIMDS(t)
 	start := time.Now()
 	_, stderr, code := f.run("render") // --imds-deadline stays at its 2m default
@@ -365,7 +369,11 @@ func TestUnconfiguredWithoutTagsExitsQuickly(t *testing.T) {
 
 func TestNoRedashTagsExitsCleanly(t *testing.T) {
 	f := newFixture(t, map[string]string{"Name": "imagebuilder-build"})
-	os.Remove(f.config)
+	// A config file without settings: --config must name a file that
+	// exists, and an empty one configures nothing, like the shipped one.
+	if err := os.WriteFile(f.config, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	_, stderr, code := f.run("render")
 	if code != 0 || !strings.Contains(stderr, "no redash: tags") {
 		t.Errorf("code %d, stderr %s", code, stderr)

@@ -466,7 +466,11 @@ func TestRunUnderSystemd(t *testing.T) {
 // why it has nothing to do, and exits 0.
 func TestRunUnconfigured(t *testing.T) {
 	f := newFixture(t, map[string]string{"Name": "imagebuilder-build"})
-	os.Remove(f.config)
+	// A config file without settings: --config must name a file that
+	// exists, and an empty one configures nothing, like the shipped one.
+	if err := os.WriteFile(f.config, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	ns := newNotifySocket(t)
 	start := time.Now()
 	p := startRun(t, f, ns.path)
