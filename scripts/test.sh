@@ -52,6 +52,13 @@ bash scripts/ci-postgres.sh
 log "go vet"
 go vet ./...
 
+log "gofmt"
+unformatted="$(gofmt -l .)"
+if [[ -n $unformatted ]]; then
+  printf 'not gofmt-formatted (run gofmt -w on them):\n%s\n' "$unformatted" >&2
+  exit 1
+fi
+
 log "staticcheck"
 staticcheck ./...
 

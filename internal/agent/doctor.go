@@ -22,10 +22,10 @@ import (
 	"github.com/redash-agent/redash-agent/internal/dirlock"
 	"github.com/redash-agent/redash-agent/internal/doctor"
 	"github.com/redash-agent/redash-agent/internal/engine"
-	"github.com/redash-agent/redash-agent/internal/migrate"
 	"github.com/redash-agent/redash-agent/internal/envfile"
 	"github.com/redash-agent/redash-agent/internal/exitcode"
 	"github.com/redash-agent/redash-agent/internal/imds"
+	"github.com/redash-agent/redash-agent/internal/migrate"
 	"github.com/redash-agent/redash-agent/internal/secrets"
 )
 

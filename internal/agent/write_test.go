@@ -5,14 +5,15 @@ import (
 	"context"
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"syscall"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/redash-agent/redash-agent/internal/compose"
+
+	"github.com/redash-agent/redash-agent/internal/testenv"
 )
 
 // TestWriteFullDiskKeepsThePair: the env file and the compose file are one
@@ -21,7 +22,7 @@ import (
 // env was renamed into place first and the pair was left out of step).
 func TestWriteFullDiskKeepsThePair(t *testing.T) {
 	h := newHarness(t, setup{tags: redashTags()})
-	dir := smallTmpfs(t, "size=16k")
+	dir := testenv.SmallTmpfs(t, "size=16k")
 	h.o.Dir = dir
 	r, err := h.Render(context.Background())
 	if err != nil {
@@ -129,29 +130,6 @@ func mode(t *testing.T, path string) os.FileMode {
 		t.Fatal(err)
 	}
 	return st.Mode().Perm()
-}
-
-// smallTmpfs mounts a tmpfs of opts on a temp dir and unmounts it at the
-// end. It needs root (CI runs as root); elsewhere the test is skipped, and
-// with CI=true it fails.
-func smallTmpfs(t *testing.T, opts string) string {
-	t.Helper()
-	dir := t.TempDir()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("mounting a tmpfs needs root; CI runs as root")
-		}
-		t.Skip("mounting a tmpfs needs root: run as root (or CI=true in CI)")
-	}
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", opts+",mode=0755", "tmpfs", dir).CombinedOutput(); err != nil {
-		t.Fatalf("mount -t tmpfs -o %s: %v: %s", opts, err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v: %s", dir, err, out)
-		}
-	})
-	return dir
 }
 
 // testGrace is the harness's not-configured grace.

@@ -4,11 +4,12 @@ import (
 	"errors"
 
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/redash-agent/redash-agent/internal/testenv"
 )
 
 // pair is the env file and the compose file of one generation.
@@ -143,7 +144,7 @@ func TestWriteFilesOnlyChangedRenamed(t *testing.T) {
 // Now both temps are written before the first rename, so a full disk fails
 // the whole generation and leaves the old pair intact.
 func TestWriteFilesFullDisk(t *testing.T) {
-	dir := smallTmpfs(t, "size=16k")
+	dir := testenv.SmallTmpfs(t, "size=16k")
 	if _, err := WriteFiles(pair(dir, "1")); err != nil {
 		t.Fatal(err)
 	}
@@ -161,27 +162,3 @@ func TestWriteFilesFullDisk(t *testing.T) {
 	}
 	assertGeneration(t, dir, "1")
 }
-
-// smallTmpfs mounts a tmpfs of opts on a temp dir and unmounts it at the
-// end. It needs root (CI runs as root); elsewhere the test is skipped,
-// and with CI=true it fails.
-func smallTmpfs(t *testing.T, opts string) string {
-	t.Helper()
-	dir := t.TempDir()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("mounting a tmpfs needs root; CI runs as root")
-		}
-		t.Skip("mounting a tmpfs needs root: run as root (or CI=true in CI)")
-	}
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", opts+",mode=0755", "tmpfs", dir).CombinedOutput(); err != nil {
-		t.Fatalf("mount -t tmpfs -o %s: %v: %s", opts, err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v: %s", dir, err, out)
-		}
-	})
-	return dir
-}
-
