@@ -28,6 +28,7 @@ import (
 	"github.com/compose-spec/compose-go/v2/types"
 
 	"github.com/redash-agent/redash-agent/internal/atomicfile"
+	"github.com/redash-agent/redash-agent/internal/backoff"
 	"github.com/redash-agent/redash-agent/internal/compose"
 	"github.com/redash-agent/redash-agent/internal/config"
 	"github.com/redash-agent/redash-agent/internal/desired"
@@ -291,10 +292,8 @@ func (a *Agent) readInstance(ctx context.Context, nothingLocal bool) (imds.Insta
 		}
 		wait := min(a.tagsPoll, left)
 		a.log.Info("no redash: tags yet; reading them again", "attempt", attempt, "in", wait.Round(time.Millisecond), "grace_left", left.Round(time.Millisecond))
-		select {
-		case <-ctx.Done():
-			return inst, fmt.Errorf("waiting for the instance's redash: tags: %w", ctx.Err())
-		case <-time.After(wait):
+		if err := backoff.Sleep(ctx, wait); err != nil {
+			return inst, fmt.Errorf("waiting for the instance's redash: tags: %w", err)
 		}
 	}
 }

@@ -128,10 +128,7 @@ func (a *Agent) Run(ctx context.Context, n Notifier) error {
 				break
 			}
 			reason = "container " + w.Container + " died or was removed"
-			select {
-			case <-time.After(containerSettle):
-			case <-ctx.Done():
-			}
+			_ = backoff.Sleep(ctx, containerSettle) // a stop ends the wait; the loop checks ctx next
 		}
 		// Each wait has its own events subscription: ending it here keeps
 		// one open stream (and goroutine) per agent, not one per refresh,

@@ -272,7 +272,8 @@ func isRemovalInProgress(err error) bool { return cerrdefs.IsConflict(err) }
 // createOnly creates the container (resolving a name conflict) without
 // starting it. A name conflict means another container holds the name: a
 // concurrent run's identical container is adopted; anything else (a
-// leftover) is removed and the create retried once.
+// leftover) is removed and the name taken once it frees (polled, bounded;
+// see resolveConflict).
 func (e *Engine) createOnly(ctx context.Context, d Desired, netID string, svc types.ServiceConfig, a Action) (string, error) {
 	s := buildSpec(d, netID, svc, a.Hash, a.ImageID)
 	id, err := e.create(ctx, a.Container, s)

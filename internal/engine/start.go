@@ -104,7 +104,9 @@ func (e *Engine) recreate(ctx context.Context, d Desired, a Action, id string) (
 
 // isPortTaken recognises the daemon's two ways of saying a host port is
 // taken: by another container's (or a stale) docker-proxy, or by a host
-// process.
+// process. The Engine API gives this no error type of its own (a 500 with
+// the message), so the daemon's text is the only signal; our own errors are
+// never classified by text.
 func isPortTaken(err error) bool {
 	s := err.Error()
 	return strings.Contains(s, "port is already allocated") || strings.Contains(s, "address already in use")

@@ -19,6 +19,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
 	"github.com/aws/aws-sdk-go-v2/service/secretsmanager/types"
 	"github.com/aws/smithy-go"
+	"github.com/redash-agent/redash-agent/internal/backoff"
 )
 
 // API is the one Secrets Manager call we use; tests fake it to inject faults
@@ -240,11 +241,7 @@ func (f *Fetcher) get(ctx, parent context.Context, id string, p Policy, budget s
 		// the deadline anyway: a fetch that keeps failing ends when its
 		// budget says, not up to BackoffMax earlier, so that "boot rides
 		// out a blip of one minute" holds to the second.
-		t := time.NewTimer(delay)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
+		if backoff.Sleep(ctx, delay) != nil {
 			return giveUp(err)
 		}
 	}

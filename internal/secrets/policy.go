@@ -2,6 +2,7 @@ package secrets
 
 import (
 	"cmp"
+	"github.com/redash-agent/redash-agent/internal/backoff"
 	"time"
 )
 
@@ -66,12 +67,7 @@ func (p Policy) orBoot() Policy {
 
 // backoff returns the delay before retry number n (1-based): the step
 // BackoffBase*2^(n-1), capped at BackoffMax, of which the upper half is
-// jittered by j in [0,1) ("equal jitter": never zero, as internal/imds).
+// jittered by j in [0,1): the agent's one schedule, internal/backoff.
 func (p Policy) backoff(n int, j float64) time.Duration {
-	d := min(p.BackoffBase, p.BackoffMax)
-	for i := 1; i < n && d < p.BackoffMax; i++ {
-		d = min(2*d, p.BackoffMax) // no overflow: d < BackoffMax before doubling
-	}
-	half := d / 2
-	return half + time.Duration(j*float64(half))
+	return backoff.Policy{Base: min(p.BackoffBase, p.BackoffMax), Max: p.BackoffMax}.Delay(n, j)
 }
