@@ -326,7 +326,7 @@ func TestLayoutFor(t *testing.T) {
 	}{
 		{"8.0.0.b32245", Celery, false},
 		{"7.0.0.b18042", Celery, false},
-		{"9.0.0-beta.b42121", Celery, false},
+		{"9.0.0-beta.b42121", RQ, false},
 		{"10.0.0.b50363", RQ, false},
 		{"10.1.0.b50633", RQ, false},
 		{"25.8.0", RQ, false},
@@ -444,5 +444,40 @@ func TestDockerCompose129(t *testing.T) {
 				t.Errorf("docker-compose 1.29 interpolated a variable in %s:\n%s", tc.name, msg)
 			}
 		})
+	}
+}
+
+// TestFamilyFacts pins the per-release facts read in Redash's source; a
+// change here must come with the source line that says so.
+func TestFamilyFacts(t *testing.T) {
+	for _, tc := range []struct {
+		version                       string
+		layout                        Layout
+		decodes, broker, cookie, csrf bool
+		healthcheck                   string
+		single, multiArch, ipv6       bool
+	}{
+		{"8.0.0.b32245", Celery, false, true, false, false, "celery_healthcheck", true, false, false},
+		{"9.0.0-beta.b42121", RQ, false, false, false, false, "", false, false, false},
+		{"10.1.0.b50633", RQ, false, false, true, true, "", false, false, false},
+		{"25.1.0", RQ, true, false, true, true, "workers_healthcheck", false, true, false},
+		{"25.8.0", RQ, true, false, true, true, "workers_healthcheck", false, true, false},
+		{"26.02.0-dev", RQ, true, false, true, true, "workers_healthcheck", false, true, true},
+		{"26.3.0", RQ, true, false, true, true, "workers_healthcheck", false, true, true},
+	} {
+		f, err := FamilyFor(tc.version)
+		if err != nil {
+			t.Fatalf("FamilyFor(%q): %v", tc.version, err)
+		}
+		got := []any{f.Layout(), f.RedisDecodesPassword(), f.HasCeleryBroker(), f.RequiresCookieSecret(), f.EnforcesCSRF(), f.WorkerHealthcheck(), f.SingleScheduler(), f.MultiArch(), f.BindsIPv6()}
+		want := []any{tc.layout, tc.decodes, tc.broker, tc.cookie, tc.csrf, tc.healthcheck, tc.single, tc.multiArch, tc.ipv6}
+		for i := range got {
+			if got[i] != want[i] {
+				t.Errorf("%s: fact %d = %v, want %v (all: %v)", tc.version, i, got[i], want[i], got)
+			}
+		}
+	}
+	if _, err := FamilyFor("latest"); err == nil {
+		t.Error(`FamilyFor("latest") succeeded; want an error naming a release tag`)
 	}
 }

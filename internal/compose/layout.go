@@ -1,20 +1,18 @@
 package compose
 
 import (
-	"fmt"
 	"strconv"
-	"strings"
 )
 
 // Layout is the set of background services a Redash release expects. It
-// changed once: Redash 10 replaced Celery with RQ.
+// changed once: Redash 9 replaced Celery with RQ.
 type Layout int
 
 const (
 	// Celery is the layout of Redash 8 and earlier: the scheduler is a Celery
 	// worker with beat, so it takes QUEUES and WORKERS_COUNT like the workers.
 	Celery Layout = iota + 1
-	// RQ is the layout of Redash 10 and later: an RQ scheduler plus workers,
+	// RQ is the layout of Redash 9 and later: an RQ scheduler plus workers,
 	// with a general `worker` service for periodic jobs and e-mails.
 	RQ
 )
@@ -29,26 +27,14 @@ func (l Layout) String() string {
 	return "Layout(" + strconv.Itoa(int(l)) + ")"
 }
 
-// rqMajor is the first Redash major version on RQ. Redash 9 only ever
-// shipped as betas that were half-way between the two; like getredash/setup
-// (which jumped from 8 to 10) it is treated as Celery.
-const rqMajor = 10
-
 // LayoutFor picks the layout from a Redash image tag such as "8.0.0.b32245",
-// "10.1.0.b50633" or "25.8.0". Only the major version counts; a tag without a
-// numeric major version ("latest", "preview") is an error, since guessing
-// would start the wrong services.
+// "9.0.0-beta.b42121", "10.1.0.b50633" or "25.8.0" (see FamilyFor).
 func LayoutFor(version string) (Layout, error) {
-	v := strings.TrimPrefix(version, "v")
-	major, _, _ := strings.Cut(v, ".")
-	n, err := strconv.Atoi(major)
-	if err != nil || n < 1 || major != strconv.Itoa(n) {
-		return 0, fmt.Errorf("picking the service layout for Redash version %q: it does not start with a major version number: use a release tag like 8.0.0.b32245, 10.1.0.b50633 or 25.8.0", version)
+	f, err := FamilyFor(version)
+	if err != nil {
+		return 0, err
 	}
-	if n < rqMajor {
-		return Celery, nil
-	}
-	return RQ, nil
+	return f.Layout(), nil
 }
 
 // service is one Redash container of a layout.
@@ -63,12 +49,11 @@ type service struct {
 
 // Defaults follow getredash/setup's compose files for each generation.
 //
-// RQ queues are separated by spaces, not commas as in setup's newest file:
-// Redash 10's `manage.py rq worker` takes the queues as separate arguments
-// (supervisord splits %(ENV_QUEUES)s on spaces) and does not split commas, so
-// "scheduled_queries,schemas" would be one queue nobody feeds. Releases after
-// 10 split every argument on commas too, so spaces work for all of them.
-// Celery takes -Q with a comma list, as setup's 8.x file has it.
+// RQ queues are separated by spaces: supervisord passes %(ENV_QUEUES)s to
+// `manage.py rq worker` as separate arguments, and that command also splits
+// each argument on commas (redash/cli/rq.py, since 9.0), so either works;
+// spaces match getredash/setup's older files. Celery takes -Q with a comma
+// list, as setup's 8.x file has it.
 var layouts = map[Layout][]service{
 	Celery: {
 		{name: ServerService, command: "server"},
