@@ -321,3 +321,14 @@ func fakeContext(dockerfile string, bin []byte) (io.Reader, error) {
 	}
 	return &buf, nil
 }
+
+// FakeFamilyImage builds the stand-in playing one Redash release family
+// ("8", "9", "10", "25.1", "26.3"; see test/fakeredash/family.go), tagged
+// redash-agent-test/redash:family-<family>. Use it with a matching
+// redash:version (8.0.0.b32245 for "8", and so on).
+func FakeFamilyImage(t testing.TB, family string) string {
+	t.Helper()
+	tag := "redash-agent-test/redash:family-" + family
+	BuildFakeImage(t, FakeImage{Tag: tag, Env: map[string]string{"FAKEREDASH_FAMILY": family}})
+	return tag
+}

@@ -1,0 +1,41 @@
+package main
+
+// family.go: which Redash release the stand-in plays. An image built with
+// FAKEREDASH_FAMILY (testenv.FakeFamilyImage) behaves like that release's
+// official image wherever the agent can tell the difference; without it the
+// stand-in keeps its plain behaviour (any command set, no Redis, no boot
+// delay), which the tests that do not care about versions rely on.
+
+import (
+	"os"
+	"strconv"
+	"strings"
+)
+
+// familyEnv names the release family: "8", "9", "10", "25.1", "26.3"...
+const familyEnv = "FAKEREDASH_FAMILY"
+
+// family is a Redash release family; the zero value is "plain".
+type family struct {
+	major, minor int
+}
+
+// familyFromEnv reads FAKEREDASH_FAMILY; unset or malformed is plain (the
+// image builder only writes well-formed values).
+func familyFromEnv() family {
+	v := os.Getenv(familyEnv)
+	majorText, minorText, _ := strings.Cut(v, ".")
+	major, err := strconv.Atoi(majorText)
+	if err != nil {
+		return family{}
+	}
+	minor, _ := strconv.Atoi(minorText)
+	return family{major: major, minor: minor}
+}
+
+// plain reports whether no family was chosen.
+func (f family) plain() bool { return f.major == 0 }
+
+func (f family) atLeast(major, minor int) bool {
+	return f.major > major || f.major == major && f.minor >= minor
+}
