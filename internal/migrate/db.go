@@ -23,6 +23,12 @@ import (
 // fixed forever: changing it would let old and new agents migrate at once.
 const lockKey int64 = 0x5245444153484d47 // "REDASHMG"
 
+// SchedulerLockKey is the 8.x scheduler lease (internal/lease), held on a
+// session of its own for as long as an instance runs Celery beat. Another
+// key than lockKey, so a migration and the lease never wait for each other;
+// fixed forever for the same reason.
+const SchedulerLockKey int64 = 0x5245444153485344 // "REDASHSD"
+
 // maxConnectTimeout bounds one connection attempt; the deadline bounds all.
 const maxConnectTimeout = 10 * time.Second
 
@@ -232,11 +238,11 @@ func acquireLock(ctx context.Context, conn *pgx.Conn, t desired.DB, timeout time
 		return nil, fmt.Errorf("taking the migration lock on database %q at %s: %w", dbLabel(t), t.Addr(), err)
 	}
 	if !got {
-		log.Info("waiting for the migration lock", "holder", describeHolders(holders(ctx, conn)), "timeout", timeout)
+		log.Info("waiting for the migration lock", "holder", describeHolders(holders(ctx, conn, lockKey)), "timeout", timeout)
 		if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1)`, lockKey); err != nil {
 			var pgErr *pgconn.PgError
 			if errors.As(err, &pgErr) && pgErr.Code == "55P03" { // lock_not_available
-				return nil, fmt.Errorf("taking the migration lock on database %q at %s: not granted within %s; held by %s: that instance is migrating or stuck; if stuck, end its session with pg_terminate_backend(pid)", dbLabel(t), t.Addr(), timeout, describeHolders(holders(ctx, conn)))
+				return nil, fmt.Errorf("taking the migration lock on database %q at %s: not granted within %s; held by %s: that instance is migrating or stuck; if stuck, end its session with pg_terminate_backend(pid)", dbLabel(t), t.Addr(), timeout, describeHolders(holders(ctx, conn, lockKey)))
 			}
 			return nil, fmt.Errorf("taking the migration lock on database %q at %s: %w", dbLabel(t), t.Addr(), err)
 		}
@@ -264,16 +270,16 @@ func (h holder) String() string {
 	return fmt.Sprintf("pid %d (application_name %q, client %s, connected %s)", h.PID, h.AppName, h.ClientAddr, h.BackendStart.UTC().Format(time.RFC3339))
 }
 
-// holders lists the sessions holding the advisory lock in this database. A
+// holders lists the sessions holding advisory lock key in this database. A
 // bigint key is stored as classid (high 32 bits), objid (low), objsubid 1.
-func holders(ctx context.Context, conn *pgx.Conn) []holder {
+func holders(ctx context.Context, conn *pgx.Conn, key int64) []holder {
 	rows, err := conn.Query(ctx, `
 SELECT a.pid, coalesce(a.application_name, ''), coalesce(host(a.client_addr), 'local'), a.backend_start
 FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
 WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
   AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
   AND l.classid = $1::bigint::oid AND l.objid = $2::bigint::oid`,
-		int64(uint64(lockKey)>>32), int64(uint64(lockKey)&0xffffffff))
+		int64(uint64(key)>>32), int64(uint64(key)&0xffffffff))
 	if err != nil {
 		return nil
 	}
