@@ -27,7 +27,7 @@ func renderCmd(g *globals) *cobra.Command {
 			}
 			out := c.OutOrStdout()
 			if plan {
-				r, p, err := a.Plan(c.Context())
+				r, p, note, err := a.Plan(c.Context())
 				if err != nil {
 					return err
 				}
@@ -35,6 +35,9 @@ func renderCmd(g *globals) *cobra.Command {
 					return err
 				}
 				fmt.Fprintf(out, "# plan: %d change(s)\n%s", p.Mutations(), p.String())
+				if note != "" {
+					fmt.Fprintf(out, "# %s\n", note)
+				}
 				return nil
 			}
 			r, err := a.Render(c.Context())

@@ -94,6 +94,9 @@ func statusCmd(g *globals) *cobra.Command {
 			}
 			tw.Flush()
 			fmt.Fprintf(out, "database: %s\n", st.Database)
+			if st.SchedulerLease != "" {
+				fmt.Fprintf(out, "scheduler lease: %s\n", st.SchedulerLease)
+			}
 			return nil
 		},
 	}

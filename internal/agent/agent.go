@@ -79,6 +79,9 @@ type Agent struct {
 	secretsPolicy secrets.Policy
 	// timings of this converge's steps, for the one-line boot summary.
 	timings []timing
+	// sched is the 8.x scheduler lease `run` keeps across converges; nil
+	// for the one-shot commands (lease.go).
+	sched *schedulerLease
 	// notConfiguredGrace and tagsPoll are unconfiguredTagsGrace and
 	// tagsPollInterval; tests shorten them.
 	notConfiguredGrace, tagsPoll time.Duration

@@ -88,11 +88,18 @@ func (a *Agent) Up(ctx context.Context) (UpResult, error) {
 	if res.Files, err = a.Write(ctx, r); err != nil {
 		return res, err
 	}
+	// The file keeps the 8.x scheduler; the engine gets it only while this
+	// instance holds the lease (lease.go).
+	r, sched := a.scheduler(ctx, r, false)
+	defer sched.done()
 	eng, d, err := a.dockerFor(r)
 	if err != nil {
 		return res, err
 	}
 	defer eng.Close()
+	if a.sched != nil {
+		a.sched.last = d
+	}
 	// At boot dockerd may still be starting: wait for it (bounded, logged)
 	// instead of failing after the files were written.
 	if err := eng.WaitDaemon(ctx, DockerWait); err != nil {
@@ -102,7 +109,7 @@ func (a *Agent) Up(ctx context.Context) (UpResult, error) {
 	if err != nil {
 		return res, err
 	}
-	res.Plan = a.plan(ctx, d, o)
+	res.Plan = a.plan(ctx, d, o, sched)
 	if err := a.step(ctx, "ensure images", func(ctx context.Context) error {
 		return eng.Apply(ctx, d, res.Plan, engine.StageImages)
 	}); err != nil {
@@ -134,10 +141,11 @@ func (a *Agent) observe(ctx context.Context, eng *engine.Engine, d engine.Desire
 }
 
 // plan is the pure step that decides everything Up does to the containers.
-func (a *Agent) plan(ctx context.Context, d engine.Desired, o engine.Observed) engine.Plan {
+func (a *Agent) plan(ctx context.Context, d engine.Desired, o engine.Observed, sched schedulerChoice) engine.Plan {
 	var p engine.Plan
 	_ = a.step(ctx, "plan", func(context.Context) error {
 		p = engine.ComputePlan(d, o)
+		sched.explain(&p)
 		if p.Mutations() > 0 {
 			a.log.Info("plan", "step", "plan", "changes", p.Mutations(), "plan", p.String())
 		}
@@ -146,22 +154,25 @@ func (a *Agent) plan(ctx context.Context, d engine.Desired, o engine.Observed) e
 	return p
 }
 
-// Plan renders and observes, and returns what Up would do, changing nothing.
-func (a *Agent) Plan(ctx context.Context) (Rendered, engine.Plan, error) {
-	r, err := a.Render(ctx)
+// Plan renders and observes, and returns what Up would do, changing
+// nothing; note says what up would do with the 8.x scheduler ("" when the
+// lease does not apply). The returned Rendered is the whole configuration.
+func (a *Agent) Plan(ctx context.Context) (r Rendered, p engine.Plan, note string, err error) {
+	r, err = a.Render(ctx)
 	if err != nil {
-		return r, engine.Plan{}, err
+		return r, p, "", err
 	}
-	eng, d, err := a.dockerFor(r)
+	view, sched := a.scheduler(ctx, r, true)
+	eng, d, err := a.dockerFor(view)
 	if err != nil {
-		return r, engine.Plan{}, err
+		return r, p, sched.note, err
 	}
 	defer eng.Close()
 	o, err := a.observe(ctx, eng, d)
 	if err != nil {
-		return r, engine.Plan{}, err
+		return r, p, sched.note, err
 	}
-	return r, a.plan(ctx, d, o), nil
+	return r, a.plan(ctx, d, o, sched), sched.note, nil
 }
 
 // Migrate creates or upgrades the database once per cluster, before any
@@ -296,6 +307,9 @@ func (a *Agent) projectName() string {
 type StatusReport struct {
 	Services []engine.ServiceStatus `json:"services"`
 	Database string                 `json:"database"`
+	// SchedulerLease says whether this instance holds the 8.x scheduler
+	// lease (lease.go); empty when the configuration needs none.
+	SchedulerLease string `json:"scheduler_lease,omitempty"`
 }
 
 // Status reports each service and the database state. It changes nothing.
@@ -314,6 +328,9 @@ func (a *Agent) Status(ctx context.Context) (StatusReport, error) {
 		return rep, err
 	}
 	rep.Database = a.databaseState(ctx, r, eng)
+	if needsLease(r) {
+		rep.SchedulerLease, _ = a.SchedulerLease(ctx, r)
+	}
 	return rep, nil
 }
 

@@ -103,6 +103,9 @@ func (a *Agent) Doctor(ctx context.Context, offline bool) doctor.Report {
 		doctor.Check{Name: "redis", Needs: []string{"configuration and secrets"}, Run: func(ctx context.Context) doctor.Result {
 			return checkRedis(ctx, r)
 		}},
+		doctor.Check{Name: "scheduler lease", Needs: []string{"configuration and secrets"}, Run: func(ctx context.Context) doctor.Result {
+			return a.checkSchedulerLease(ctx, r)
+		}},
 		doctor.Check{Name: "containers", Needs: []string{"configuration and secrets", "docker"}, Run: func(ctx context.Context) doctor.Result {
 			return a.checkContainers(ctx, r, eng)
 		}},
@@ -254,9 +257,17 @@ func (a *Agent) checkContainers(ctx context.Context, r Rendered, eng *engine.Eng
 	if err != nil {
 		return doctor.Result{Status: doctor.Fail, Detail: err.Error()}
 	}
+	// Without the 8.x scheduler lease this instance must not run one.
+	leaseText, runsScheduler := a.SchedulerLease(ctx, r)
+	runsScheduler = runsScheduler || strings.HasPrefix(leaseText, "unknown") // the lease check reports that
 	var bad []string
 	for _, s := range sts {
 		switch {
+		case s.Service == schedulerService && !runsScheduler:
+			if s.State == "running" {
+				bad = append(bad, "scheduler runs without the 8.x scheduler lease")
+			}
+			continue
 		case s.State != "running":
 			bad = append(bad, fmt.Sprintf("%s is %s", s.Service, s.State))
 		case !s.HashCurrent:
@@ -297,3 +308,19 @@ func (a *Agent) quiet() *Agent {
 
 // quietLogger discards: doctor reports findings itself, once.
 func (a *Agent) quietLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// checkSchedulerLease says whether this instance holds the 8.x scheduler
+// lease; it is information (one instance holds it), not a failure.
+func (a *Agent) checkSchedulerLease(ctx context.Context, r Rendered) doctor.Result {
+	if !needsLease(r) {
+		return doctor.Result{Status: doctor.OK, Detail: "not used: " + noLeaseWhy(r)}
+	}
+	text, _ := a.SchedulerLease(ctx, r)
+	switch {
+	case strings.HasPrefix(text, "unknown"):
+		return doctor.Result{Status: doctor.Fail, Detail: text, Fix: "check that this instance reaches the database (the database check)"}
+	case strings.HasPrefix(text, "held by no instance"):
+		return doctor.Result{Status: doctor.Warn, Detail: text, Fix: "sudo systemctl start redash-agent: `run` takes the lease and starts the scheduler"}
+	}
+	return doctor.Result{Status: doctor.OK, Detail: text}
+}

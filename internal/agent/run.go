@@ -78,6 +78,12 @@ func (a *Agent) Run(ctx context.Context, n Notifier) error {
 		}
 	}
 
+	// run keeps the 8.x scheduler lease across converges; a scheduler must
+	// not outlive it, so every return stops this instance's scheduler and
+	// releases the lease (lease.go). Every other container keeps running.
+	a.sched = &schedulerLease{mode: leaseKeep, log: a.log}
+	defer a.releaseLease(ctx)
+
 	boot := time.Now()
 	res, err := a.converge(ctx, n, stopping, live, "boot")
 	if errors.Is(err, ErrNotConfigured) {
@@ -116,25 +122,46 @@ func (a *Agent) Run(ctx context.Context, n Notifier) error {
 		timer := time.NewTimer(splay(refresh))
 		reason := ""
 		daemonBack := false
-		select {
-		case <-ctx.Done():
-		case <-timer.C:
-			reason = "refresh"
-		case w := <-wake:
-			if w.DaemonBack {
-				// Docker does not start Redash at daemon start (restart
-				// policy on-failure): converge now, not at the next refresh.
-				reason, daemonBack = "the docker engine answers again", true
-				break
+		// The 8.x scheduler lease is looked at between converges without
+		// ending this wait (its refresh timer and its watch).
+		leaseTimer := time.NewTimer(time.Hour)
+	wait:
+		for {
+			var leaseC <-chan time.Time
+			if every := a.sched.interval(); every > 0 {
+				leaseTimer.Reset(every) // Go 1.23 timers: no stale tick after Reset
+				leaseC = leaseTimer.C
 			}
-			reason = "container " + w.Container + " died or was removed"
-			_ = backoff.Sleep(ctx, containerSettle) // a stop ends the wait; the loop checks ctx next
+			select {
+			case <-ctx.Done():
+				break wait
+			case <-timer.C:
+				reason = "refresh"
+				break wait
+			case w := <-wake:
+				if w.DaemonBack {
+					// Docker does not start Redash at daemon start (restart
+					// policy on-failure): converge now, not at the next refresh.
+					reason, daemonBack = "the docker engine answers again", true
+					break wait
+				}
+				reason = "container " + w.Container + " died or was removed"
+				_ = backoff.Sleep(ctx, containerSettle) // a stop ends the wait; the loop checks ctx next
+				break wait
+			case <-leaseC:
+				// Gaining or losing the lease converges at once.
+				if why := a.pollLease(ctx); why != "" {
+					reason = why
+					break wait
+				}
+			}
 		}
 		// Each wait has its own events subscription: ending it here keeps
 		// one open stream (and goroutine) per agent, not one per refresh,
 		// and the converge's own stops and removals wake nobody.
 		unwatch()
 		timer.Stop()
+		leaseTimer.Stop()
 		if ctx.Err() != nil {
 			stopping()
 			return nil
