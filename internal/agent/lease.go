@@ -62,7 +62,7 @@ type schedulerLease struct {
 	instance string
 	log      *slog.Logger
 
-	applies bool         // the last converge's configuration needs the lease
+	applies bool       // the last converge's configuration needs the lease
 	db      desired.DB // where it was last taken or tried
 	held    *lease.Lease
 	// last is the engine's view of the last converge, to stop the
