@@ -70,6 +70,8 @@ type schedulerLease struct {
 	last engine.Desired
 	// holder is the last holder logged, so the journal says it once.
 	holder string
+	// failing: the last poll could not reach the database (logged once).
+	failing bool
 }
 
 // schedulerChoice is one converge's decision.
@@ -271,10 +273,16 @@ func (a *Agent) pollLease(ctx context.Context) string {
 	}
 	l, hs, err := lease.Try(ctx, s.db, s.instance)
 	if err != nil {
-		if ctx.Err() == nil {
-			a.log.Warn(reasonLeaseNoRead, "step", "scheduler lease", "err", err)
+		// Once per outage: the database may stay away for a while.
+		if ctx.Err() == nil && !s.failing {
+			a.log.Warn(reasonLeaseNoRead+"; trying again every ~15 s, logged again once it answers", "step", "scheduler lease", "err", err)
 		}
+		s.failing = true
 		return ""
+	}
+	if s.failing {
+		a.log.Info("the database answers the scheduler lease again", "step", "scheduler lease")
+		s.failing = false
 	}
 	if l == nil {
 		if who := lease.Describe(hs); who != s.holder {
