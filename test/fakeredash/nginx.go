@@ -16,7 +16,7 @@ package main
 
 import (
 	"context"
-		"fmt"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httputil"
