@@ -108,6 +108,9 @@ func (a *Agent) Up(ctx context.Context) (UpResult, error) {
 	}); err != nil {
 		return res, err
 	}
+	if err := a.checkHost(ctx, r, eng, d); err != nil {
+		return res, err
+	}
 	if res.Migrate, err = a.Migrate(ctx, r, eng); err != nil {
 		return res, err
 	}
