@@ -18,6 +18,8 @@ import (
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/pkg/stdcopy"
+
+	"github.com/redash-agent/redash-agent/internal/testenv"
 )
 
 func TestNginxFollowsARecreatedServer(t *testing.T) {
@@ -159,4 +161,57 @@ func nginxPing(t *testing.T, port int) (string, int) {
 	}
 	t.Fatalf("GET /ping through nginx on port %d: %v", port, lastErr)
 	return "", 0
+}
+
+// TestUpRefusesAnImageOfAnotherArchitecture (issue 9 point 9): switching
+// to a Redash image built for another architecture is refused with exit 3
+// and the fix, after the pull stage and before anything is stopped: the
+// running stack stays as it was, and doctor reports the same problem.
+func TestUpRefusesAnImageOfAnotherArchitecture(t *testing.T) {
+	s := newStack(t)
+	info, err := s.docker.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreignArch := "arm64"
+	if info.Architecture == "aarch64" {
+		foreignArch = "amd64"
+	}
+	const foreign = "redash-agent-test/redash:foreign-arch"
+	testenv.ForeignImage(t, foreign, foreignArch)
+
+	s.up(t)
+	before := s.containers(t)
+	s.writeConfig(foreign, fmt.Sprintf("db-endpoint: %s\ndb-name: %s\n", pgEndpoint(t), s.pgDB))
+	var stderr string
+	var code int
+	evs := s.mutatingEvents(t, func() { _, stderr, code = s.run("up") })
+	if code != exitConfigErr {
+		t.Fatalf("up with a linux/%s image exited %d, want %d\n%s", foreignArch, code, exitConfigErr, stderr)
+	}
+	for _, want := range []string{foreign, "is linux/" + foreignArch + " but this host is linux/", "name an image built for linux/"} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("up's log lacks %q:\n%s", want, stderr)
+		}
+	}
+	if strings.Contains(stderr, "migrate database") {
+		t.Errorf("the migration ran before the platform check")
+	}
+	if len(evs) != 0 {
+		t.Errorf("the refused up changed containers: %v", evs)
+	}
+	after := s.containers(t)
+	for svc, id := range before {
+		if after[svc] != id {
+			t.Errorf("%s's container changed from %s to %s", svc, id, after[svc])
+		}
+	}
+	if body, code := nginxPing(t, s.nginxPort); code != 200 || body != "PONG." {
+		t.Errorf("the old stack stopped answering /ping through nginx: %d %q", code, body)
+	}
+
+	stdout, _, _ := s.run("doctor")
+	if !strings.Contains(stdout, "host platform:") || !strings.Contains(stdout, `image "`+foreign+`" is linux/`+foreignArch) {
+		t.Errorf("doctor does not report the image's platform:\n%s", stdout)
+	}
 }
