@@ -118,6 +118,18 @@ func TestCheckHostRefusesAForeignImage(t *testing.T) {
 	if err := s.e.CheckHost(ctx, s.d, rel, DefaultHostProbe); err != nil {
 		t.Fatalf("native images refused: %v", err)
 	}
+	// 26.3 on a kernel without IPv6 is refused where the server runs.
+	noIPv6 := HostProbe{IfInet6: filepath.Join(t.TempDir(), "if_inet6")}
+	v26 := Release{Image: imageV1, Family: compose.Family{Major: 26, Minor: 3}}
+	if err := s.e.CheckHost(ctx, s.d, v26, noIPv6); err == nil || !strings.Contains(err.Error(), "binds [::]:5000") || exitcode.Of(err) != exitcode.Config {
+		t.Errorf("26.3 without IPv6: %v (exit %d), want the [::]:5000 refusal and exit 3", err, exitcode.Of(err))
+	}
+	workerOnly := Desired{Project: stackProject(s.d.Project.Name, imageV1, 0, 0), Env: s.d.Env, HashKey: s.d.HashKey}
+	delete(workerOnly.Project.Services, compose.ServerService)
+	delete(workerOnly.Project.Services, compose.NginxService)
+	if err := s.e.CheckHost(ctx, workerOnly, v26, noIPv6); err != nil {
+		t.Errorf("26.3 without IPv6 on a worker-only host (no server to bind [::]): %v", err)
+	}
 	for _, name := range []string{"server", "worker"} {
 		svc := s.d.Project.Services[name]
 		svc.Image = foreign

@@ -32,7 +32,7 @@ const serverPort = "5000"
 // AF_INET6 socket and is swapped by tests for one that fails as on a kernel
 // without IPv6.
 func listenServer(f family, port string, newSocket func() error) (net.Listener, error) {
-	if !f.atLeast(26, 2) {
+	if f.plain() || !f.atLeast(26, 2) {
 		// "tcp4": Go's "tcp" would make even 0.0.0.0 a dual-stack socket.
 		return net.Listen("tcp4", "0.0.0.0:"+port)
 	}
