@@ -68,9 +68,10 @@ func (a *Agent) Lock(ctx context.Context) (*dirlock.Lock, error) {
 // check that the host can run the images, migrate, converge, wait until
 // ready; each one logged step. The plan is made before anything changes
 // and decides everything the engine does; its stages are applied as
-// separate steps because the migration runs between them: after the images are present (it runs the new image), before any
-// container of the new version starts. A failure before "converge
-// containers" leaves running containers untouched.
+// separate steps because the migration runs between them: after the
+// images are present (it runs the new image), before any container of the
+// new version starts. A failure before "converge containers" leaves
+// running containers untouched.
 func (a *Agent) Up(ctx context.Context) (UpResult, error) {
 	var res UpResult
 	// Rendering only reads (tags, secrets), so it may run before the lock;
