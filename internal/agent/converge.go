@@ -65,12 +65,13 @@ func (a *Agent) Lock(ctx context.Context) (*dirlock.Lock, error) {
 }
 
 // Up is the whole boot pipeline once: render, write, observe, plan, pull,
-// migrate, converge, wait until ready; each one logged step. The plan is
-// made before anything changes and decides everything the engine does; its
-// stages are applied as separate steps because the migration runs between
-// them: after the images are present (it runs the new image), before any
-// container of the new version starts. A failure before "converge
-// containers" leaves running containers untouched.
+// check that the host can run the images, migrate, converge, wait until
+// ready; each one logged step. The plan is made before anything changes
+// and decides everything the engine does; its stages are applied as
+// separate steps because the migration runs between them: after the
+// images are present (it runs the new image), before any container of the
+// new version starts. A failure before "converge containers" leaves
+// running containers untouched.
 func (a *Agent) Up(ctx context.Context) (UpResult, error) {
 	var res UpResult
 	// Rendering only reads (tags, secrets), so it may run before the lock;
@@ -113,6 +114,9 @@ func (a *Agent) Up(ctx context.Context) (UpResult, error) {
 	if err := a.step(ctx, "ensure images", func(ctx context.Context) error {
 		return eng.Apply(ctx, d, res.Plan, engine.StageImages)
 	}); err != nil {
+		return res, err
+	}
+	if err := a.checkHost(ctx, r, eng, d); err != nil {
 		return res, err
 	}
 	if res.Migrate, err = a.Migrate(ctx, r, eng); err != nil {

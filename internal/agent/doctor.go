@@ -106,6 +106,9 @@ func (a *Agent) Doctor(ctx context.Context, offline bool) doctor.Report {
 		doctor.Check{Name: "scheduler lease", Needs: []string{"configuration and secrets"}, Run: func(ctx context.Context) doctor.Result {
 			return a.checkSchedulerLease(ctx, r)
 		}},
+		doctor.Check{Name: "host platform", Needs: []string{"configuration and secrets", "docker"}, Run: func(ctx context.Context) doctor.Result {
+			return a.checkHostDoctor(ctx, r, eng)
+		}},
 		doctor.Check{Name: "containers", Needs: []string{"configuration and secrets", "docker"}, Run: func(ctx context.Context) doctor.Result {
 			return a.checkContainers(ctx, r, eng)
 		}},

@@ -405,7 +405,7 @@ func TestChangedSecretRecreatesEnvFileServicesOnly(t *testing.T) {
 	for _, svc := range serviceOrder(s.d.Project) {
 		if svc == "nginx" {
 			// nginx resolved the old server's address at its start.
-			fmt.Fprintf(&want, "restart nginx (server started anew)\n")
+			fmt.Fprintf(&want, "restart nginx (server started anew: nginx resolves redash once, at its start, and would keep the old address)\n")
 			continue
 		}
 		fmt.Fprintf(&want, "recreate %s (image %s, hash %s -> %s, config changed)\n", svc, imageV1, shortHash(old[svc]), shortHash(h[svc]))

@@ -34,6 +34,7 @@ import (
 	"github.com/docker/docker/api/types/events"
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/api/types/network"
+	"github.com/docker/docker/api/types/system"
 	"github.com/docker/docker/client"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
@@ -57,6 +58,7 @@ type Docker interface {
 	ImagePull(ctx context.Context, refStr string, options image.PullOptions) (io.ReadCloser, error)
 	Events(ctx context.Context, options events.ListOptions) (<-chan events.Message, <-chan error)
 	ServerVersion(ctx context.Context) (dtypes.Version, error)
+	Info(ctx context.Context) (system.Info, error) // the host's platform (platform.go)
 	DaemonHost() string
 }
 

@@ -409,9 +409,20 @@ func decide(a Action, c Container, exists bool, o Observed, pulled bool) (Action
 func restartCauses(svc types.ServiceConfig, started map[string]int) (causes []string, after []int) {
 	for _, dep := range slices.Sorted(maps.Keys(svc.DependsOn)) {
 		if i, ok := started[dep]; ok {
-			causes = append(causes, dep+" started anew")
+			causes = append(causes, dep+" started anew"+keepsAddress(svc.Name, dep))
 			after = append(after, i)
 		}
 	}
 	return causes, after
+}
+
+// keepsAddress says why a restart after dep matters for service, where it
+// is more than stale connections: redash/nginx resolves the upstream
+// `redash` (the server's alias) once, at its start, and would proxy to the
+// old container's address, answering 502 until restarted.
+func keepsAddress(service, dep string) string {
+	if service == compose.NginxService && dep == compose.ServerService {
+		return ": nginx resolves " + compose.ServerAlias + " once, at its start, and would keep the old address"
+	}
+	return ""
 }

@@ -133,7 +133,7 @@ func TestComputePlan(t *testing.T) {
  2 remove p-server-1 (recreate server) after 1
  3 recreate server (image redash/redash:10, hash $old.server -> $server, config changed) after 2
  4 start server after 3
- 5 restart nginx (server started anew) after 4
+ 5 restart nginx (server started anew: nginx resolves redash once, at its start, and would keep the old address) after 4
  6 stop p-scheduler-1 (recreate scheduler)
  7 remove p-scheduler-1 (recreate scheduler) after 6
  8 recreate scheduler (image redash/redash:10, hash $old.scheduler -> $scheduler, config changed) after 7
@@ -255,7 +255,7 @@ func TestComputePlan(t *testing.T) {
  2 remove p-server-1 (recreate server) after 1
  3 recreate server (image redash/redash:10, hash $server -> $server, state dead) after 2
  4 start server after 3
- 5 restart nginx (server started anew) after 4
+ 5 restart nginx (server started anew: nginx resolves redash once, at its start, and would keep the old address) after 4
  6 keep scheduler (hash $scheduler)
  7 keep worker (hash $worker)
  8 wait ready: server /ping, nginx, scheduler, worker

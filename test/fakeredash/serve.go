@@ -14,8 +14,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httputil"
-	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -25,11 +23,6 @@ import (
 )
 
 const (
-	serverAddr = ":5000"
-	nginxAddr  = ":80"
-	// nginxUpstream is the upstream the real redash/nginx image hard-codes:
-	// the server is reachable on the compose network under the alias "redash".
-	nginxUpstream = "http://redash:5000"
 	// envDumpPath is where long-running roles leave their environment.
 	envDumpPath = "/tmp/env"
 	// shutdownGrace bounds how long a server waits for in-flight requests
@@ -73,10 +66,9 @@ func serve(cmd string, args []string) int {
 	var err error
 	switch cmd {
 	case "server":
-		err = listenAndServe(ctx, serverAddr, serverHandler(os.Environ))
-	case "nginx":
-		upstream, _ := url.Parse(nginxUpstream)
-		err = listenAndServe(ctx, nginxAddr, nginxHandler(upstream))
+		err = serveServer(ctx, familyFromEnv(), serverHandler(os.Environ))
+	case "nginx": // nginx.go
+		err = runNginx(ctx)
 	default: // worker, scheduler: idle until told to stop, like an empty queue
 		<-ctx.Done()
 	}
@@ -104,16 +96,6 @@ func serverHandler(environ func() []string) http.Handler {
 	return mux
 }
 
-// nginxHandler forwards every request to upstream, as redash/nginx does.
-func nginxHandler(upstream *url.URL) http.Handler {
-	p := httputil.NewSingleHostReverseProxy(upstream)
-	p.ErrorHandler = func(w http.ResponseWriter, _ *http.Request, err error) {
-		// 502 like nginx, so a test can tell "proxy up, server down" apart.
-		http.Error(w, "502 Bad Gateway: "+err.Error(), http.StatusBadGateway)
-	}
-	return p
-}
-
 // listenAndServe serves h on addr until ctx ends, then shuts down gracefully.
 // A signal is a clean stop (nil); failing to listen is an error.
 func listenAndServe(ctx context.Context, addr string, h http.Handler) error {
@@ -121,6 +103,12 @@ func listenAndServe(ctx context.Context, addr string, h http.Handler) error {
 	if err != nil {
 		return fmt.Errorf("listening on %q: %w", addr, err)
 	}
+	return serveListener(ctx, ln, h)
+}
+
+// serveListener serves h on ln until ctx ends, then shuts down gracefully.
+func serveListener(ctx context.Context, ln net.Listener, h http.Handler) error {
+	addr := ln.Addr().String()
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ln) }()
