@@ -84,6 +84,11 @@ type Config struct {
 	ServerPort    int
 	NginxPort     int
 	Refresh       time.Duration
+	// LoadBalancer is LoadBalancerALB or LoadBalancerNone: with Nginx it
+	// gives REDASH_PROXIES_COUNT.
+	LoadBalancer string
+	// WorkerStopGrace is the stop grace of the services that run jobs.
+	WorkerStopGrace time.Duration
 
 	// Origins maps every set key to the layer it came from.
 	Origins map[string]Source
@@ -107,6 +112,8 @@ func defaults() map[string]string {
 		"server-port":    strconv.Itoa(compose.ServerPort),
 		"nginx-port":     strconv.Itoa(compose.NginxPort),
 		"refresh":        "5m",
+		// load-balancer has no entry: its default depends on the provider.
+		"worker-stop-grace": "5m", // DefaultWorkerStopGrace
 	}
 }
 
@@ -126,26 +133,28 @@ var seedSecretPaths = map[string]string{
 
 // plainKeys are the keys without a ":<name>" suffix, with a one-line meaning for errors and docs.
 var plainKeys = map[string]string{
-	"provider":       "aws or local",
-	"project":        "compose project name (containers <project>-<service>-1)",
-	"version":        "Redash image tag, e.g. 10.1.0.b50633",
-	"image":          "full Redash image reference",
-	"nginx-image":    "nginx image reference",
-	"postgres-image": "bundled postgres image (provider local)",
-	"redis-image":    "bundled redis image (provider local)",
-	"role":           "all, web or worker",
-	"nginx":          "true or false",
-	"secrets-prefix": "prefix of the seed-style secret names",
-	"db-secret":      "RDS-managed JSON secret id or ARN",
-	"db-endpoint":    "database host:port",
-	"db-name":        "database name",
-	"redis-endpoint": "Redis host:port",
-	"redis-url":      "redis:// or rediss:// URL",
-	"web-workers":    "REDASH_WEB_WORKERS",
-	"log-group":      "CloudWatch Logs group for container logs",
-	"server-port":    "host port published for the server's :5000",
-	"nginx-port":     "host port published for nginx's :80",
-	"refresh":        "how often `run` re-reads tags and secrets, e.g. 5m",
+	"provider":          "aws or local",
+	"project":           "compose project name (containers <project>-<service>-1)",
+	"version":           "Redash image tag, e.g. 10.1.0.b50633",
+	"image":             "full Redash image reference",
+	"nginx-image":       "nginx image reference",
+	"postgres-image":    "bundled postgres image (provider local)",
+	"redis-image":       "bundled redis image (provider local)",
+	"role":              "all, web or worker",
+	"nginx":             "true or false",
+	"secrets-prefix":    "prefix of the seed-style secret names",
+	"db-secret":         "RDS-managed JSON secret id or ARN",
+	"db-endpoint":       "database host:port",
+	"db-name":           "database name",
+	"redis-endpoint":    "Redis host:port",
+	"redis-url":         "redis:// or rediss:// URL",
+	"web-workers":       "REDASH_WEB_WORKERS",
+	"log-group":         "CloudWatch Logs group for container logs",
+	"server-port":       "host port published for the server's :5000",
+	"nginx-port":        "host port published for nginx's :80",
+	"refresh":           "how often `run` re-reads tags and secrets, e.g. 5m",
+	"load-balancer":     "alb or none: what forwards client requests to this instance (sets REDASH_PROXIES_COUNT)",
+	"worker-stop-grace": "how long a worker may finish its running job when stopped, e.g. 5m (10s to 1h)",
 }
 
 // prefixKeys take a name after the colon.
@@ -279,6 +288,7 @@ func build(m map[string]string, where map[string]string) (Config, []Problem) {
 	layout, layoutOK := b.versionAndImages(&c)
 	b.tuning(&c)
 	b.prefixed(&c, layout, layoutOK)
+	b.frontDoor(&c)
 	b.dbSecret(&c)
 	b.endpoints(c)
 	switch c.Provider {
