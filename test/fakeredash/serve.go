@@ -73,7 +73,7 @@ func serve(cmd string, args []string) int {
 	var err error
 	switch cmd {
 	case "server":
-		err = listenAndServe(ctx, serverAddr, serverHandler(os.Environ))
+		err = listenAndServe(ctx, serverAddr, familyServer(familyFromEnv(), serverHandler(os.Environ)))
 	case "nginx":
 		upstream, _ := url.Parse(nginxUpstream)
 		err = listenAndServe(ctx, nginxAddr, nginxHandler(upstream))
