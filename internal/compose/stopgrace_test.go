@@ -72,3 +72,28 @@ func graces(s types.Services) map[string]time.Duration {
 	}
 	return out
 }
+
+// TestWorkerShutdownFacts pins what each family's entrypoint does with
+// SIGTERM (bin/docker-entrypoint and worker.conf at each tag).
+func TestWorkerShutdownFacts(t *testing.T) {
+	cases := []struct {
+		version  string
+		sigterm  bool
+		stopWait time.Duration
+	}{
+		{"8.0.0.b32245", true, 0},
+		{"9.0.0-beta.b42121", false, 10 * time.Second},
+		{"10.1.0.b50633", true, 10 * time.Second},
+		{"25.1.0", true, 10 * time.Second},
+		{"26.3.0", true, 10 * time.Second},
+	}
+	for _, tc := range cases {
+		f, err := FamilyFor(tc.version)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f.WorkerGetsSIGTERM() != tc.sigterm || f.SupervisorStopWait() != tc.stopWait {
+			t.Errorf("%s: WorkerGetsSIGTERM %v SupervisorStopWait %s, want %v %s", tc.version, f.WorkerGetsSIGTERM(), f.SupervisorStopWait(), tc.sigterm, tc.stopWait)
+		}
+	}
+}

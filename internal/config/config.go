@@ -112,6 +112,7 @@ func defaults() map[string]string {
 		"server-port":    strconv.Itoa(compose.ServerPort),
 		"nginx-port":     strconv.Itoa(compose.NginxPort),
 		"refresh":        "5m",
+
 		// load-balancer has no entry: its default depends on the provider.
 		"worker-stop-grace": "5m", // DefaultWorkerStopGrace
 	}
@@ -133,26 +134,28 @@ var seedSecretPaths = map[string]string{
 
 // plainKeys are the keys without a ":<name>" suffix, with a one-line meaning for errors and docs.
 var plainKeys = map[string]string{
-	"provider":          "aws or local",
-	"project":           "compose project name (containers <project>-<service>-1)",
-	"version":           "Redash image tag, e.g. 10.1.0.b50633",
-	"image":             "full Redash image reference",
-	"nginx-image":       "nginx image reference",
-	"postgres-image":    "bundled postgres image (provider local)",
-	"redis-image":       "bundled redis image (provider local)",
-	"role":              "all, web or worker",
-	"nginx":             "true or false",
-	"secrets-prefix":    "prefix of the seed-style secret names",
-	"db-secret":         "RDS-managed JSON secret id or ARN",
-	"db-endpoint":       "database host:port",
-	"db-name":           "database name",
-	"redis-endpoint":    "Redis host:port",
-	"redis-url":         "redis:// or rediss:// URL",
-	"web-workers":       "REDASH_WEB_WORKERS",
-	"log-group":         "CloudWatch Logs group for container logs",
-	"server-port":       "host port published for the server's :5000",
-	"nginx-port":        "host port published for nginx's :80",
-	"refresh":           "how often `run` re-reads tags and secrets, e.g. 5m",
+	"provider":       "aws or local",
+	"project":        "compose project name (containers <project>-<service>-1)",
+	"version":        "Redash image tag, e.g. 10.1.0.b50633",
+	"image":          "full Redash image reference",
+	"nginx-image":    "nginx image reference",
+	"postgres-image": "bundled postgres image (provider local)",
+	"redis-image":    "bundled redis image (provider local)",
+	"role":           "all, web or worker",
+	"nginx":          "true or false",
+	"secrets-prefix": "prefix of the seed-style secret names",
+	"db-secret":      "RDS-managed JSON secret id or ARN",
+	"db-endpoint":    "database host:port",
+	"db-name":        "database name",
+	"redis-endpoint": "Redis host:port",
+	"redis-url":      "redis:// or rediss:// URL",
+	"web-workers":    "REDASH_WEB_WORKERS",
+	"log-group":      "CloudWatch Logs group for container logs",
+	"server-port":    "host port published for the server's :5000",
+	"nginx-port":     "host port published for nginx's :80",
+	"refresh":        "how often `run` re-reads tags and secrets, e.g. 5m",
+
+	// The proxies in front of the server and the workers' stop (frontdoor.go).
 	"load-balancer":     "alb or none: what forwards client requests to this instance (sets REDASH_PROXIES_COUNT)",
 	"worker-stop-grace": "how long a worker may finish its running job when stopped, e.g. 5m (10s to 1h)",
 }
