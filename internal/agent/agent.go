@@ -153,6 +153,10 @@ const unconfiguredTagsGrace = 15 * time.Second
 // tagsPollInterval spaces the re-reads during the grace.
 const tagsPollInterval = time.Second
 
+// stepConvergeContainers is the step that stops, creates and starts
+// containers (see stepBudgetFor).
+const stepConvergeContainers = "converge containers"
+
 // step runs one pipeline step with [started]/[finished]/[failed] journal lines.
 func (a *Agent) step(ctx context.Context, name string, fn func(context.Context) error) error {
 	if a.o.Status != nil {

@@ -122,7 +122,7 @@ func (a *Agent) Up(ctx context.Context) (UpResult, error) {
 	if res.Migrate, err = a.Migrate(ctx, r, eng); err != nil {
 		return res, err
 	}
-	if err := a.step(ctx, "converge containers", func(ctx context.Context) error {
+	if err := a.step(ctx, stepConvergeContainers, func(ctx context.Context) error {
 		return eng.Apply(ctx, d, res.Plan, engine.StageContainers)
 	}); err != nil {
 		return res, err

@@ -12,6 +12,7 @@ import (
 	"github.com/docker/docker/client"
 
 	"github.com/redash-agent/redash-agent/internal/backoff"
+	"github.com/redash-agent/redash-agent/internal/config"
 	"github.com/redash-agent/redash-agent/internal/engine"
 	"github.com/redash-agent/redash-agent/internal/secrets"
 )
@@ -31,6 +32,16 @@ type Notifier interface {
 // stepBudget is how much start time each boot step asks systemd for
 // (EXTEND_TIMEOUT_USEC): IMDS at boot, image pulls and migrations can be slow.
 const stepBudget = 10 * time.Minute
+
+// stepBudgetFor is the start time one boot step asks for: converging the
+// containers may also wait out a worker's whole stop grace (a recreate at
+// boot, e.g. after the agent was upgraded).
+func stepBudgetFor(step string) time.Duration {
+	if step == stepConvergeContainers {
+		return stepBudget + config.MaxWorkerStopGrace
+	}
+	return stepBudget
+}
 
 // containerSettle is how long `run` waits after a container died or
 // vanished before converging: Docker's own on-failure restart comes first.
@@ -71,7 +82,7 @@ func (a *Agent) Run(ctx context.Context, n Notifier) error {
 		// After SIGTERM the extension would stretch the stop timeout,
 		// and shutdownGrace already bounds what is left.
 		if ctx.Err() == nil {
-			n.ExtendTimeout(stepBudget)
+			n.ExtendTimeout(stepBudgetFor(step))
 		}
 		if prev != nil {
 			prev(step)
@@ -273,8 +284,10 @@ type timing struct {
 // ConvergeDeadline bounds one converge of `run`: the longest legitimate one
 // adds up a Secrets Manager fetch (1 min at boot), the wait for another
 // agent's lock (LockWait, 5 min), an image pull (10 min), the migrations and
-// the readiness wait (2 min), with room to spare.
-const ConvergeDeadline = 30 * time.Minute
+// the readiness wait (2 min), with room to spare, plus the longest stop
+// grace a worker may have (redash:worker-stop-grace, at most 1 h), which a
+// recreate waits out.
+const ConvergeDeadline = 30*time.Minute + config.MaxWorkerStopGrace
 
 // watchdogSlack is how long past ConvergeDeadline the watchdog still pings:
 // a cancelled converge may still remove a one-off or release a lock, each

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"strconv"
+	"time"
 
 	"github.com/compose-spec/compose-go/v2/types"
 )
@@ -53,6 +54,10 @@ type Spec struct {
 	Region     string         // region of LogGroup
 	ServerPort int            // host port of server:5000; 0 = 5000
 	NginxPort  int            // host port of nginx:80; 0 = 80
+
+	// WorkerStopGrace is the stop grace of the services that run jobs;
+	// 0 = DefaultWorkerStopGrace (see stopGraceFor for the exceptions).
+	WorkerStopGrace time.Duration
 }
 
 // Project builds the compose project for s. It fails with one error naming
@@ -62,6 +67,7 @@ func Project(s Spec) (*types.Project, error) {
 	if err != nil {
 		return nil, err
 	}
+	family, _ := FamilyFor(s.Version) // normalize checked it
 
 	p := &types.Project{
 		Name:         s.Project,
@@ -85,6 +91,7 @@ func Project(s Spec) (*types.Project, error) {
 		}
 		svc := base(s, l.name, s.Image)
 		svc.Command = types.ShellCommand{l.command}
+		svc.StopGracePeriod = duration(stopGraceFor(family, l, s.WorkerStopGrace))
 		svc.EnvFiles = []types.EnvFile{{Path: "./" + EnvFileName, Required: true}}
 		svc.DependsOn = dependsOn(redashDeps...)
 		env := types.MappingWithEquals{}
@@ -117,6 +124,7 @@ func Project(s Spec) (*types.Project, error) {
 		svc := base(s, NginxService, s.NginxImage)
 		svc.Ports = []types.ServicePortConfig{port(s.NginxPort, NginxPort)}
 		svc.DependsOn = dependsOn(ServerService)
+		svc.StopGracePeriod = duration(webStopGrace)
 		p.Services[NginxService] = svc
 	}
 
@@ -181,6 +189,8 @@ func port(published, def int) types.ServicePortConfig {
 }
 
 func ptr(s string) *string { return &s }
+
+func duration(d time.Duration) *types.Duration { v := types.Duration(d); return &v }
 
 // normalize fills defaults and checks s, naming every bad field at once.
 func normalize(s Spec) (Spec, Layout, error) {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Family is what the agent must know about a Redash release beyond its
@@ -96,3 +97,26 @@ func (f Family) MultiArch() bool { return f.Major >= 25 }
 // BindsIPv6 reports whether the server binds [::]:5000 and so fails on a
 // host whose kernel has no IPv6 (since 26.02, getredash/redash#7596).
 func (f Family) BindsIPv6() bool { return f.atLeast(26, 2) }
+
+// WorkerGetsSIGTERM reports whether `docker stop` reaches the processes that
+// run jobs, so that a long stop grace lets them finish (a warm shutdown).
+// 8.x's entrypoint execs celery, PID 1, which finishes its tasks on SIGTERM.
+// From 10.x it execs supervisord, which passes TERM to each `rq worker`;
+// but worker.conf sets no stopwaitsecs, so supervisord SIGKILLs a worker
+// still in its job after its default 10 s, whatever Docker's grace. 9.x
+// runs supervisord without exec (v9.0.0-beta:bin/docker-entrypoint): bash
+// stays PID 1 with no SIGTERM handler, and the init of a PID namespace
+// never gets a signal it has no handler for, so only the SIGKILL at the
+// end of the grace stops the container.
+func (f Family) WorkerGetsSIGTERM() bool { return f.Major != 9 }
+
+// SupervisorStopWait is how long the image's supervisord lets an RQ worker
+// finish after TERM before it SIGKILLs it (stopwaitsecs, default 10 s; no
+// release's worker.conf sets it), or 0 where no supervisord stands between
+// Docker and the worker (8.x's celery is PID 1).
+func (f Family) SupervisorStopWait() time.Duration {
+	if f.Layout() == Celery {
+		return 0
+	}
+	return 10 * time.Second
+}

@@ -2,6 +2,7 @@ package compose
 
 import (
 	"strconv"
+	"time"
 )
 
 // Layout is the set of background services a Redash release expects. It
@@ -83,4 +84,43 @@ func WorkerServices(l Layout) []string {
 		}
 	}
 	return out
+}
+
+// Stop grace periods (compose stop_grace_period): how long Docker waits
+// after SIGTERM before SIGKILL.
+const (
+	// DefaultWorkerStopGrace is the grace of the services that run jobs
+	// when Spec.WorkerStopGrace is zero (redash:worker-stop-grace).
+	DefaultWorkerStopGrace = 5 * time.Minute
+	// webStopGrace is the server's and nginx's: they only finish requests in
+	// flight, and a recreate of the server should not hold nginx's restart.
+	webStopGrace = 5 * time.Second
+	// rqSchedulerStopGrace is the RQ scheduler's: it only enqueues, and
+	// exits at once on SIGTERM.
+	rqSchedulerStopGrace = 10 * time.Second
+	// unreachableStopGrace is Docker's default, for a worker that never sees
+	// SIGTERM (9.x): a longer grace would only delay the same SIGKILL.
+	unreachableStopGrace = 10 * time.Second
+)
+
+// runsJobs reports whether the service executes jobs: the workers, and
+// 8.x's scheduler (a Celery worker with beat, consuming the celery queue).
+func (s service) runsJobs() bool { return s.queues != "" }
+
+// stopGraceFor is the stop grace of one Redash service of family f.
+func stopGraceFor(f Family, s service, workerGrace time.Duration) time.Duration {
+	switch {
+	case s.name == ServerService:
+		return webStopGrace
+	case !s.runsJobs():
+		return rqSchedulerStopGrace
+	case !f.WorkerGetsSIGTERM():
+		return unreachableStopGrace
+	case workerGrace == 0:
+		return DefaultWorkerStopGrace
+	}
+	// From 10.x the image's supervisord cuts a job off after 10 s anyway
+	// (Family.SupervisorStopWait); Docker's grace is the outer bound and
+	// takes effect in full for 8.x, where celery is PID 1.
+	return workerGrace
 }

@@ -84,6 +84,11 @@ type Config struct {
 	ServerPort    int
 	NginxPort     int
 	Refresh       time.Duration
+	// LoadBalancer is LoadBalancerALB or LoadBalancerNone: with Nginx it
+	// gives REDASH_PROXIES_COUNT.
+	LoadBalancer string
+	// WorkerStopGrace is the stop grace of the services that run jobs.
+	WorkerStopGrace time.Duration
 
 	// Origins maps every set key to the layer it came from.
 	Origins map[string]Source
@@ -107,6 +112,9 @@ func defaults() map[string]string {
 		"server-port":    strconv.Itoa(compose.ServerPort),
 		"nginx-port":     strconv.Itoa(compose.NginxPort),
 		"refresh":        "5m",
+
+		// load-balancer has no entry: its default depends on the provider.
+		"worker-stop-grace": "5m", // DefaultWorkerStopGrace
 	}
 }
 
@@ -146,6 +154,10 @@ var plainKeys = map[string]string{
 	"server-port":    "host port published for the server's :5000",
 	"nginx-port":     "host port published for nginx's :80",
 	"refresh":        "how often `run` re-reads tags and secrets, e.g. 5m",
+
+	// The proxies in front of the server and the workers' stop (frontdoor.go).
+	"load-balancer":     "alb or none: what forwards client requests to this instance (sets REDASH_PROXIES_COUNT)",
+	"worker-stop-grace": "how long a worker may finish its running job when stopped, e.g. 5m (10s to 1h)",
 }
 
 // prefixKeys take a name after the colon.
@@ -279,6 +291,7 @@ func build(m map[string]string, where map[string]string) (Config, []Problem) {
 	layout, layoutOK := b.versionAndImages(&c)
 	b.tuning(&c)
 	b.prefixed(&c, layout, layoutOK)
+	b.frontDoor(&c)
 	b.dbSecret(&c)
 	b.endpoints(c)
 	switch c.Provider {

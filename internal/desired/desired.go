@@ -79,6 +79,13 @@ func Build(cfg config.Config, got map[string]secrets.Secret, dir string) (State,
 	if local && cfg.DBEndpoint == "" {
 		env["POSTGRES_PASSWORD"] = db.Password.Reveal()
 	}
+	family, _ := compose.FamilyFor(cfg.Version) // config validated it
+	env[config.EnvProxiesCount] = strconv.Itoa(ProxiesCount(cfg, family))
+	if family.EnforcesCSRF() {
+		// As getredash/setup's setup.sh writes it for the releases it installs.
+		env[config.EnvEnforceCSRF] = "true"
+	}
+	// redash:env: comes last: an operator may override anything above.
 	for k, v := range cfg.Env {
 		env[k] = v
 	}
@@ -103,8 +110,34 @@ func Build(cfg config.Config, got map[string]secrets.Secret, dir string) (State,
 		Region:        cfg.Region,
 		ServerPort:    cfg.ServerPort,
 		NginxPort:     cfg.NginxPort,
+
+		WorkerStopGrace: cfg.WorkerStopGrace,
 	}
 	return State{Env: env, Spec: spec, DB: db}, nil
+}
+
+// ProxiesCount is REDASH_PROXIES_COUNT: how many proxies in front of the
+// server append to X-Forwarded-For, so that Redash's ProxyFix takes the
+// client's address from the right entry (its rate limits of /login and
+// password resets are per address). The ALB appends one, nginx on this
+// instance another. Every family applies ProxyFix with this count; 9.x on
+// read 0 as "trust no entry", but 8.x's werkzeug 0.11 reads 0 as "the first
+// entry" (which the client writes) and fails requests without the header,
+// so 8.x gets at least 1: with nothing in front, a client can then choose
+// its own address, as it can with any count there.
+func ProxiesCount(cfg config.Config, f compose.Family) int {
+	n := 0
+	if cfg.LoadBalancer == config.LoadBalancerALB {
+		n++
+	}
+	serverHere := cfg.Role == compose.RoleAll || cfg.Role == compose.RoleWeb
+	if cfg.Nginx && serverHere {
+		n++
+	}
+	if n == 0 && f.Layout() == compose.Celery {
+		n = 1
+	}
+	return n
 }
 
 func database(cfg config.Config, got map[string]secrets.Secret, need func(string) secrets.Value) (DB, error) {

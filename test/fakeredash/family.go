@@ -39,3 +39,19 @@ func (f family) plain() bool { return f.major == 0 }
 func (f family) atLeast(major, minor int) bool {
 	return f.major > major || f.major == major && f.minor >= minor
 }
+
+func (f family) String() string {
+	if f.plain() {
+		return "plain"
+	}
+	return strconv.Itoa(f.major) + "." + strconv.Itoa(f.minor)
+}
+
+// celery reports the 8.x layout: Celery workers, and a scheduler that is a
+// Celery worker with beat.
+func (f family) celery() bool { return f.major < 9 }
+
+// requiresCookieSecret: from 10.x redash/settings raises at import when
+// REDASH_COOKIE_SECRET is missing (`if SECRET_KEY is None`: an empty value
+// passes).
+func (f family) requiresCookieSecret() bool { return f.major >= 10 }

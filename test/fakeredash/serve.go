@@ -66,7 +66,7 @@ func serve(cmd string, args []string) int {
 	var err error
 	switch cmd {
 	case "server":
-		err = serveServer(ctx, familyFromEnv(), serverHandler(os.Environ))
+		err = serveServer(ctx, familyFromEnv(), familyServer(familyFromEnv(), serverHandler(os.Environ)))
 	case "nginx": // nginx.go
 		err = runNginx(ctx)
 	default: // worker, scheduler: idle until told to stop, like an empty queue

@@ -1,0 +1,220 @@
+package main
+
+// End-to-end tests of `up` with stand-ins that play one Redash release each
+// (test/fakeredash with FAKEREDASH_FAMILY): the client address Redash
+// computes behind the ALB and nginx, and what a worker's stop grace means
+// for a job in flight when the agent recreates it.
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os/exec"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/events"
+	"github.com/docker/docker/api/types/filters"
+
+	"github.com/redash-agent/redash-agent/internal/testenv"
+)
+
+// newFamilyStack is newStack with the stand-in of one release: version is
+// its redash:version tag, family its FAKEREDASH_FAMILY.
+func newFamilyStack(t *testing.T, version, family string) *stack {
+	t.Helper()
+	dc := testenv.DockerClient(t)
+	pg := testenv.Postgres(t)
+	s := &stack{
+		fixture:    newFixture(t, map[string]string{"redash:version": version, "redash:secrets-prefix": "Redash/"}),
+		project:    fmt.Sprintf("rafam%d", time.Now().UnixNano()%1_000_000_000),
+		serverPort: testenv.FreePort(t),
+		nginxPort:  testenv.FreePort(t),
+		docker:     dc,
+		pgDB:       pg.NewDatabase(t),
+	}
+	s.moto.Put(t, "Redash/RDS/User", pg.User)
+	s.moto.Put(t, "Redash/RDS/Password", pg.Password)
+	// FakeFamilyImage plus a schema head, which the migrations need.
+	image := redashImage(t, "redash-agent-test/redash:e2e-family-"+family, "rev1", "FAKEREDASH_FAMILY", family)
+	testenv.BuildFakeImage(t, testenv.FakeImage{Tag: "redash-agent-test/nginx:latest", Cmd: []string{"nginx"}})
+	// provider aws: load-balancer defaults to alb.
+	s.writeConfig(image, fmt.Sprintf("db-endpoint: %s:%d\ndb-name: %s\nworker-stop-grace: 30s\n", pg.Host, pg.Port, s.pgDB))
+	t.Cleanup(func() {
+		exec.Command(agentBinary(t), "--dir", s.dir, "--config", s.config, "--state-dir", s.stateDir(), "down", "--remove").Run()
+	})
+	return s
+}
+
+// login asks the server, through nginx, which client address it computed,
+// sending the X-Forwarded-For the ALB would: the client's address.
+func (s *stack) login(t *testing.T, client string) string {
+	t.Helper()
+	req, err := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d/login", s.nginxPort), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("X-Forwarded-For", client)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("GET /login through nginx: %v", err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	var got struct {
+		RemoteAddr string `json:"remote_addr"`
+	}
+	if resp.StatusCode != 200 || json.Unmarshal(body, &got) != nil {
+		t.Fatalf("GET /login through nginx: %s %s", resp.Status, body)
+	}
+	return got.RemoteAddr
+}
+
+// startJob makes the worker in container id run a job for d, as
+// `docker exec <c> /fakeredash job <d>` would.
+func (s *stack) startJob(t *testing.T, id string, d time.Duration) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ex, err := s.docker.ContainerExecCreate(ctx, id, container.ExecOptions{Cmd: []string{"/fakeredash", "job", d.String()}})
+	if err != nil {
+		t.Fatalf("docker exec job: %v", err)
+	}
+	if err := s.docker.ContainerExecStart(ctx, ex.ID, container.ExecStartOptions{Detach: true}); err != nil {
+		t.Fatalf("docker exec job: %v", err)
+	}
+	for ctx.Err() == nil {
+		in, err := s.docker.ContainerExecInspect(ctx, ex.ID)
+		if err != nil {
+			t.Fatalf("inspecting docker exec job: %v", err)
+		}
+		if !in.Running {
+			if in.ExitCode != 0 {
+				t.Fatalf("docker exec job exited %d", in.ExitCode)
+			}
+			return
+		}
+		time.Sleep(50 * time.Millisecond) // polling a bounded loop, not an assertion
+	}
+	t.Fatal("docker exec job did not finish in 30s")
+}
+
+// stopOf is how a container was stopped: when it got SIGTERM, when it
+// died, with which exit code.
+type stopOf struct {
+	term, die time.Time
+	exitCode  int
+}
+
+// stopEvents reads the stop of container id from the daemon's events
+// since since.
+func (s *stack) stopEvents(t *testing.T, id string, since time.Time) stopOf {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	until := time.Now()
+	msgs, errs := s.docker.Events(ctx, events.ListOptions{
+		Since:   fmt.Sprintf("%d.%09d", since.Unix(), since.Nanosecond()),
+		Until:   fmt.Sprintf("%d.%09d", until.Unix(), until.Nanosecond()),
+		Filters: filters.NewArgs(filters.Arg("container", id)),
+	})
+	var st stopOf
+	st.exitCode = -1
+	for {
+		select {
+		case m, ok := <-msgs:
+			if !ok {
+				return st
+			}
+			at := time.Unix(0, m.TimeNano)
+			switch {
+			case m.Action == events.ActionKill && m.Actor.Attributes["signal"] == "15" && st.term.IsZero():
+				st.term = at
+			case m.Action == events.ActionDie:
+				st.die = at
+				st.exitCode, _ = strconv.Atoi(m.Actor.Attributes["exitCode"])
+			}
+		case err := <-errs:
+			if err != nil && err != io.EOF && ctx.Err() == nil {
+				t.Fatalf("events: %v", err)
+			}
+			return st
+		}
+	}
+}
+
+func TestFamiliesEndToEnd(t *testing.T) {
+	cases := []struct {
+		version, family string
+		jobs            []string // services that run jobs, given one each
+		// supervisord (10.x on) SIGKILLs a worker still in its job after
+		// its default stopwaitsecs, whatever Docker's grace.
+		cutAfter time.Duration
+	}{
+		{"8.0.0.b32245", "8", []string{"adhoc_worker", "scheduler"}, 0},
+		{"25.1.0", "25.1", []string{"adhoc_worker"}, 10 * time.Second},
+	}
+	for _, tc := range cases {
+		t.Run(tc.family, func(t *testing.T) {
+			s := newFamilyStack(t, tc.version, tc.family)
+			s.up(t)
+
+			// ALB (the test plays it: X-Forwarded-For holds the client)
+			// then nginx (appends the ALB's address): REDASH_PROXIES_COUNT 2.
+			if got := s.serverEnv(t)["REDASH_PROXIES_COUNT"]; got != "2" {
+				t.Errorf("REDASH_PROXIES_COUNT = %q, want 2 (ALB and nginx)", got)
+			}
+			if got := s.login(t, "203.0.113.7"); got != "203.0.113.7" {
+				t.Errorf("Redash %s computed client address %q, want 203.0.113.7", tc.family, got)
+			}
+
+			// A job in flight, then a recreate (a rotated secret).
+			ids := s.containers(t)
+			job := 12 * time.Second
+			if tc.cutAfter > 0 {
+				job = 40 * time.Second // outlasts supervisord's cut, whenever the stop comes
+			}
+			jobStart := time.Now()
+			for _, svc := range tc.jobs {
+				s.startJob(t, ids[svc], job)
+			}
+			s.moto.Put(t, "Redash/CookieSecret", "rotated-cookie-secret-value")
+			s.up(t)
+			after := s.containers(t)
+			for _, svc := range tc.jobs {
+				if after[svc] == ids[svc] {
+					t.Fatalf("%s was not recreated", svc)
+				}
+				st := s.stopEvents(t, ids[svc], jobStart)
+				if st.die.IsZero() {
+					t.Fatalf("%s: no die event for the old container", svc)
+				}
+				if st.exitCode != 0 {
+					t.Errorf("%s exited %d %s after the job started, want 0 (a warm shutdown, not a SIGKILL by Docker)", svc, st.exitCode, st.die.Sub(jobStart).Round(time.Millisecond))
+					continue
+				}
+				if st.term.IsZero() {
+					t.Fatalf("%s: no SIGTERM event for the old container", svc)
+				}
+				took := st.die.Sub(st.term)
+				t.Logf("%s: SIGTERM %s after the job started; stop took %s; exit %d", svc, st.term.Sub(jobStart).Round(time.Millisecond), took.Round(time.Millisecond), st.exitCode)
+				if tc.cutAfter == 0 {
+					if st.die.Before(jobStart.Add(job)) {
+						t.Errorf("%s died %s after the job started, before its %s job ended", svc, st.die.Sub(jobStart).Round(time.Millisecond), job)
+					}
+					continue
+				}
+				if took < tc.cutAfter || st.die.After(jobStart.Add(job)) {
+					t.Errorf("%s: stop took %s, want supervisord's %s cut before the %s job ended", svc, took, tc.cutAfter, job)
+				}
+			}
+			if got := s.login(t, "203.0.113.7"); got != "203.0.113.7" {
+				t.Errorf("after the recreate: client address %q, want 203.0.113.7", got)
+			}
+		})
+	}
+}
