@@ -40,3 +40,23 @@ func (e *Engine) ServiceAddress(ctx context.Context, project, service string) (s
 	}
 	return "", fmt.Errorf("container %s has no address on network %s: run `redash-agent up` to recreate it on the project network", name, netName)
 }
+
+// networkFromEarlierStage gives st the project network's ID when an earlier
+// stage of p created it (StageBacking, for provider local): the creates of
+// this stage carry no NetworkID, and the ID is learned from Docker.
+func (e *Engine) networkFromEarlierStage(ctx context.Context, d Desired, p Plan, stage Stage, st *applyState) error {
+	for _, a := range p.Actions {
+		if a.Kind != ActCreateNetwork || a.Stage >= stage {
+			continue
+		}
+		n, err := e.findNetwork(ctx, d.Project.Name)
+		if err != nil {
+			return err
+		}
+		if n == nil {
+			return fmt.Errorf("the project network %s, created in stage %s, is gone: run up again", compose.NetworkName(d.Project.Name), a.Stage)
+		}
+		st.netID = n.ID
+	}
+	return nil
+}

@@ -77,6 +77,9 @@ func (e *Engine) Apply(ctx context.Context, d Desired, p Plan, stage Stage) erro
 		}
 	}
 	st := &applyState{created: map[string]string{}}
+	if err := e.networkFromEarlierStage(ctx, d, p, stage, st); err != nil {
+		return err
+	}
 	errs := make([]error, len(p.Actions))
 	var wg sync.WaitGroup
 	for _, i := range todo {

@@ -52,7 +52,9 @@ type HostImage struct {
 	Dirs []HostDir
 	// Entrypoint is the Go main package compiled static into /entrypoint,
 	// relative to the module root, e.g. "./internal/testenv/pgentry".
+	// Without one, Command is the image's ENTRYPOINT (a host binary).
 	Entrypoint string
+	Command    []string
 	// User is the image's USER ("uid:gid").
 	User  string
 	Env   map[string]string
@@ -131,10 +133,6 @@ func BuildHostImage(t testing.TB, img HostImage) string {
 }
 
 func buildHostImage(cli *client.Client, img HostImage) (string, error) {
-	entry, err := compileStatic(img.Entrypoint)
-	if err != nil {
-		return "", err
-	}
 	files := map[string][]byte{} // image path -> content
 	add := func(path string) error {
 		if _, ok := files[path]; ok {
@@ -193,7 +191,22 @@ func buildHostImage(cli *client.Client, img HostImage) (string, error) {
 	for p, c := range img.Files {
 		files[p] = []byte(c)
 	}
-	files["/entrypoint"] = entry
+	entrypoint := img.Command
+	if img.Entrypoint != "" {
+		entry, err := compileStatic(img.Entrypoint)
+		if err != nil {
+			return "", err
+		}
+		files["/entrypoint"] = entry
+		entrypoint = []string{"/entrypoint"}
+	}
+	if len(entrypoint) == 0 {
+		return "", fmt.Errorf("image %q has neither an Entrypoint package nor a Command", img.Tag)
+	}
+	entryJSON, err := json.Marshal(entrypoint)
+	if err != nil {
+		return "", err
+	}
 
 	var df strings.Builder
 	// ADD extracts a local tar keeping its owners; COPY would make all root's.
@@ -207,7 +220,7 @@ func buildHostImage(cli *client.Client, img HostImage) (string, error) {
 	if img.User != "" {
 		fmt.Fprintf(&df, "USER %s\n", img.User)
 	}
-	df.WriteString(`ENTRYPOINT ["/entrypoint"]` + "\n")
+	fmt.Fprintf(&df, "ENTRYPOINT %s\n", entryJSON)
 
 	buildCtx, err := hostContext(df.String(), files, img.Dirs)
 	if err != nil {
