@@ -262,6 +262,7 @@ func TestLocalUpMigratesAndUpgrades(t *testing.T) {
 		if code != 0 {
 			t.Fatalf("doctor on a healthy local stack exited %d:\n%s%s", code, out, stderr)
 		}
+		t.Logf("doctor:\n%s", out)
 		for _, want := range []string{"[ok]    database: bundled postgres", "current (image head lrev2)", "[ok]    redis: redis at", "[ok]    containers:", "[ok]    server:"} {
 			if !strings.Contains(out, want) {
 				t.Errorf("doctor output lacks %q:\n%s", want, out)
@@ -284,6 +285,7 @@ func TestLocalUpMigratesAndUpgrades(t *testing.T) {
 		if code != exitFailure {
 			t.Errorf("doctor with the bundled postgres stopped exited %d, want %d:\n%s%s", code, exitFailure, out, stderr)
 		}
+		t.Logf("doctor:\n%s", out)
 		for _, want := range []string{"[fail]  database: bundled postgres (container " + s.project + "-postgres-1)", "is not running", "fix: start it with `sudo redash-agent up --provider local`"} {
 			if !strings.Contains(out, want) {
 				t.Errorf("doctor output lacks %q:\n%s", want, out)
@@ -318,6 +320,7 @@ func TestLocalPasswordMismatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	out, stderr, code := s.run("up")
+	t.Logf("up with a fresh state directory:\n%s", stderr[strings.LastIndex(strings.TrimSpace(stderr), "\n")+1:])
 	if code != exitConfigErr {
 		t.Fatalf("up with a fresh state directory and the old volume exited %d, want %d:\n%s%s", code, exitConfigErr, out, stderr)
 	}
