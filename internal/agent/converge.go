@@ -6,11 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/redash-agent/redash-agent/internal/atomicfile"
+	"github.com/redash-agent/redash-agent/internal/backoff"
 	"github.com/redash-agent/redash-agent/internal/compose"
 	"github.com/redash-agent/redash-agent/internal/config"
 	"github.com/redash-agent/redash-agent/internal/desired"
@@ -199,6 +201,37 @@ func (a *Agent) dbTarget(ctx context.Context, r Rendered, eng *engine.Engine) (d
 	return db, nil
 }
 
+// localDBWait bounds the wait for a just started bundled postgres to accept
+// connections: initdb on an empty volume takes seconds, not minutes.
+const localDBWait = 2 * time.Minute
+
+// waitLocalDB waits until the bundled postgres accepts TCP connections, and
+// fails at once when its container stops (a crash at start) instead of
+// leaving the migration to retry "connection refused" for its deadline.
+func (a *Agent) waitLocalDB(ctx context.Context, r Rendered, eng *engine.Engine, db desired.DB) error {
+	if !r.State.Spec.Local {
+		return nil
+	}
+	name := r.Project.Name + "-" + compose.PostgresService + "-1"
+	deadline := time.Now().Add(localDBWait)
+	for attempt := 1; ; attempt++ {
+		c, err := (&net.Dialer{Timeout: time.Second}).DialContext(ctx, "tcp", db.Addr())
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		if _, serr := eng.ServiceAddress(ctx, r.Project.Name, compose.PostgresService); serr != nil {
+			return fmt.Errorf("waiting for the bundled postgres to accept connections: %w", serr)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the bundled postgres (container %s) did not accept connections on %s within %s: see `docker logs %s`", name, db.Addr(), localDBWait, name)
+		}
+		if err := backoff.Sleep(ctx, backoff.Policy{Base: 100 * time.Millisecond, Max: time.Second}.Next(attempt)); err != nil {
+			return fmt.Errorf("waiting for the bundled postgres: %w", err)
+		}
+	}
+}
+
 // explainLocalAuth turns the bundled postgres refusing the local secrets'
 // password into what happened and what to do: the postgres image sets the
 // password only when it initialises an empty volume, so a refusal means the
@@ -233,6 +266,9 @@ func (a *Agent) Migrate(ctx context.Context, r Rendered, eng *engine.Engine) (mi
 		}
 		db, err := a.dbTarget(ctx, r, eng)
 		if err != nil {
+			return err
+		}
+		if err := a.waitLocalDB(ctx, r, eng, db); err != nil {
 			return err
 		}
 		res, err = migrate.Run(ctx, migrate.Options{

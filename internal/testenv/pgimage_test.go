@@ -36,7 +36,7 @@ func TestPostgresImage(t *testing.T) {
 	if ins.Config.User != "999:999" {
 		t.Errorf("image runs as %q, want the non-root 999:999", ins.Config.User)
 	}
-	ip := ins.NetworkSettings.IPAddress
+	ip := ins.NetworkSettings.Networks["bridge"].IPAddress
 	var conn *pgx.Conn
 	for i := 0; ; i++ {
 		conn, err = pgx.Connect(ctx, fmt.Sprintf("postgres://postgres:s3cret@%s:5432/postgres?sslmode=disable&connect_timeout=2", ip))
