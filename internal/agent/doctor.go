@@ -69,8 +69,12 @@ func (a *Agent) Doctor(ctx context.Context, offline bool) doctor.Report {
 		)
 		return doctor.Run(ctx, checks, 20*time.Second)
 	}
-	// Provider local runs off EC2: IMDS is not contacted at all.
-	if !a.localProvider() {
+	// Provider local runs off EC2: IMDS is not contacted at all, and its
+	// redis is reached at its container's address, which Docker gives.
+	redisNeeds := []string{"configuration and secrets"}
+	if a.localProvider() {
+		redisNeeds = append(redisNeeds, "docker")
+	} else {
 		checks = append(checks, doctor.Check{Name: "imds", Run: func(ctx context.Context) doctor.Result {
 			inst, err := a.remote.imds(imds.Options{Deadline: 10 * time.Second, Logger: a.quietLogger()}).Instance(ctx)
 			if err != nil {
@@ -104,7 +108,7 @@ func (a *Agent) Doctor(ctx context.Context, offline bool) doctor.Report {
 		doctor.Check{Name: "database", Needs: []string{"configuration and secrets", "docker"}, Run: func(ctx context.Context) doctor.Result {
 			return a.checkDatabase(ctx, r, eng)
 		}},
-		doctor.Check{Name: "redis", Needs: []string{"configuration and secrets", "docker"}, Run: func(ctx context.Context) doctor.Result {
+		doctor.Check{Name: "redis", Needs: redisNeeds, Run: func(ctx context.Context) doctor.Result {
 			return checkRedis(ctx, r, eng)
 		}},
 		doctor.Check{Name: "containers", Needs: []string{"configuration and secrets", "docker"}, Run: func(ctx context.Context) doctor.Result {
