@@ -6,15 +6,19 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/redash-agent/redash-agent/internal/atomicfile"
+	"github.com/redash-agent/redash-agent/internal/backoff"
 	"github.com/redash-agent/redash-agent/internal/compose"
 	"github.com/redash-agent/redash-agent/internal/config"
+	"github.com/redash-agent/redash-agent/internal/desired"
 	"github.com/redash-agent/redash-agent/internal/dirlock"
 	"github.com/redash-agent/redash-agent/internal/engine"
+	"github.com/redash-agent/redash-agent/internal/exitcode"
 	"github.com/redash-agent/redash-agent/internal/migrate"
 )
 
@@ -65,13 +69,14 @@ func (a *Agent) Lock(ctx context.Context) (*dirlock.Lock, error) {
 }
 
 // Up is the whole boot pipeline once: render, write, observe, plan, pull,
-// check that the host can run the images, migrate, converge, wait until
-// ready; each one logged step. The plan is made before anything changes
-// and decides everything the engine does; its stages are applied as
-// separate steps because the migration runs between them: after the
-// images are present (it runs the new image), before any container of the
-// new version starts. A failure before "converge containers" leaves
-// running containers untouched.
+// check that the host can run the images, start the bundled services
+// (provider local), migrate, converge, wait until ready; each one logged
+// step. The plan is made before anything changes and decides everything the
+// engine does; its stages are applied as separate steps because the
+// migration runs between them: after the images are present (it runs the
+// new image) and the bundled database runs (it migrates that), before any
+// Redash container of the new version starts. A failure before "converge
+// containers" leaves the running Redash containers untouched.
 func (a *Agent) Up(ctx context.Context) (UpResult, error) {
 	var res UpResult
 	// Rendering only reads (tags, secrets), so it may run before the lock;
@@ -117,6 +122,9 @@ func (a *Agent) Up(ctx context.Context) (UpResult, error) {
 		return res, err
 	}
 	if err := a.checkHost(ctx, r, eng, d); err != nil {
+		return res, err
+	}
+	if err := a.startBacking(ctx, eng, d, res.Plan); err != nil {
 		return res, err
 	}
 	if res.Migrate, err = a.Migrate(ctx, r, eng); err != nil {
@@ -179,16 +187,88 @@ func (a *Agent) Plan(ctx context.Context) (r Rendered, p engine.Plan, note strin
 	return r, a.plan(ctx, d, o, sched), sched.note, nil
 }
 
+// startBacking is the step that starts provider local's bundled postgres
+// and redis (the plan's StageBacking), so the migration can reach the
+// database; a plan without them has nothing to do here.
+func (a *Agent) startBacking(ctx context.Context, eng *engine.Engine, d engine.Desired, p engine.Plan) error {
+	if !p.Has(engine.StageBacking) {
+		return nil
+	}
+	return a.step(ctx, "start bundled postgres and redis", func(ctx context.Context) error {
+		return eng.Apply(ctx, d, p, engine.StageBacking)
+	})
+}
+
+// dbTarget is the database as the agent, on the host, reaches it: for the
+// bundled postgres, which publishes no port, its container's address on the
+// project network (the one-off, on that network, still uses the name).
+func (a *Agent) dbTarget(ctx context.Context, r Rendered, eng *engine.Engine) (desired.DB, error) {
+	db := r.State.DB
+	if !r.State.Spec.Local {
+		return db, nil
+	}
+	ip, err := eng.ServiceAddress(ctx, r.Project.Name, compose.PostgresService)
+	if err != nil {
+		return db, fmt.Errorf("reaching the bundled postgres: %w", err)
+	}
+	db.Host = ip
+	return db, nil
+}
+
+// localDBWait bounds the wait for a just started bundled postgres to accept
+// connections: initdb on an empty volume takes seconds, not minutes.
+const localDBWait = 2 * time.Minute
+
+// waitLocalDB waits until the bundled postgres accepts TCP connections, and
+// fails at once when its container stops (a crash at start) instead of
+// leaving the migration to retry "connection refused" for its deadline.
+func (a *Agent) waitLocalDB(ctx context.Context, r Rendered, eng *engine.Engine, db desired.DB) error {
+	if !r.State.Spec.Local {
+		return nil
+	}
+	name := r.Project.Name + "-" + compose.PostgresService + "-1"
+	deadline := time.Now().Add(localDBWait)
+	for attempt := 1; ; attempt++ {
+		c, err := (&net.Dialer{Timeout: time.Second}).DialContext(ctx, "tcp", db.Addr())
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		if _, serr := eng.ServiceAddress(ctx, r.Project.Name, compose.PostgresService); serr != nil {
+			return fmt.Errorf("waiting for the bundled postgres to accept connections: %w", serr)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the bundled postgres (container %s) did not accept connections on %s within %s: see `docker logs %s`", name, db.Addr(), localDBWait, name)
+		}
+		if err := backoff.Sleep(ctx, backoff.Policy{Base: 100 * time.Millisecond, Max: time.Second}.Next(attempt)); err != nil {
+			return fmt.Errorf("waiting for the bundled postgres: %w", err)
+		}
+	}
+}
+
+// explainLocalAuth turns the bundled postgres refusing the local secrets'
+// password into what happened and what to do: the postgres image sets the
+// password only when it initialises an empty volume, so a refusal means the
+// volume holds a database made with another state directory's secrets.
+func (a *Agent) explainLocalAuth(r Rendered, err error) error {
+	if !r.State.Spec.Local || !migrate.IsAuthFailure(err) {
+		return err
+	}
+	volume := ""
+	for _, v := range r.Project.Volumes {
+		volume = v.Name
+	}
+	return exitcode.ConfigError(fmt.Errorf("the bundled postgres refused the password in %s: its volume %s was initialised with another password "+
+		"(a fresh or replaced state directory next to an old volume). Either restore that state directory's %s (from a backup), "+
+		"or start with an empty database, losing its data: `redash-agent down --remove`, then `docker volume rm %s`, then `redash-agent up` again",
+		a.localSecrets(), volume, filepath.Base(a.localSecrets()), volume))
+}
+
 // Migrate creates or upgrades the database once per cluster, before any
-// server of the new version starts.
+// server of the new version starts. With provider local the bundled
+// postgres must run already (startBacking).
 func (a *Agent) Migrate(ctx context.Context, r Rendered, eng *engine.Engine) (migrate.Result, error) {
 	var res migrate.Result
-	if r.State.Spec.Local {
-		// The bundled postgres is only reachable inside the project
-		// network, not from the host where the agent holds the lock.
-		a.log.Info("skipping database migration: provider local bundles its own postgres", "step", "migrate database")
-		return res, nil
-	}
 	err := a.step(ctx, "migrate database", func(ctx context.Context) error {
 		ref := r.Config.Image
 		imageID, err := eng.ImageID(ctx, ref)
@@ -198,8 +278,15 @@ func (a *Agent) Migrate(ctx context.Context, r Rendered, eng *engine.Engine) (mi
 		if err != nil {
 			return fmt.Errorf("inspecting image %q before migrating: %w", ref, err)
 		}
+		db, err := a.dbTarget(ctx, r, eng)
+		if err != nil {
+			return err
+		}
+		if err := a.waitLocalDB(ctx, r, eng, db); err != nil {
+			return err
+		}
 		res, err = migrate.Run(ctx, migrate.Options{
-			DB:         r.State.DB,
+			DB:         db,
 			Image:      ref,
 			ImageID:    imageID,
 			Project:    r.Project.Name,
@@ -211,7 +298,7 @@ func (a *Agent) Migrate(ctx context.Context, r Rendered, eng *engine.Engine) (mi
 			Logger:     a.log,
 		})
 		if err != nil {
-			return err
+			return a.explainLocalAuth(r, err)
 		}
 		a.log.Info("database state", "step", "migrate database", "before", res.Before, "after", res.After, "ran", res.Ran, "head", res.Head)
 		return nil
@@ -264,10 +351,18 @@ func (a *Agent) hashKey() ([]byte, error) {
 }
 
 // MigrateOnly renders (without writing) and runs the migration step alone.
+// With provider local the database is the bundled postgres: the files are
+// written and it is started first (only it and redis, as up would start
+// them), since there is nothing to migrate without it.
 func (a *Agent) MigrateOnly(ctx context.Context) (migrate.Result, error) {
 	r, err := a.Render(ctx)
 	if err != nil {
 		return migrate.Result{}, err
+	}
+	if r.State.Spec.Local {
+		if _, err := a.Write(ctx, r); err != nil {
+			return migrate.Result{}, err
+		}
 	}
 	eng, d, err := a.dockerFor(r)
 	if err != nil {
@@ -279,6 +374,17 @@ func (a *Agent) MigrateOnly(ctx context.Context) (migrate.Result, error) {
 	}
 	if err := a.ensureImages(ctx, eng, d); err != nil {
 		return migrate.Result{}, err
+	}
+	if r.State.Spec.Local {
+		o, err := a.observe(ctx, eng, d)
+		if err != nil {
+			return migrate.Result{}, err
+		}
+		// Only the plan's backing stage is applied, so the 8.x scheduler
+		// lease has no say here.
+		if err := a.startBacking(ctx, eng, d, a.plan(ctx, d, o, schedulerChoice{run: true})); err != nil {
+			return migrate.Result{}, err
+		}
 	}
 	return a.Migrate(ctx, r, eng)
 }
@@ -341,9 +447,6 @@ func (a *Agent) Status(ctx context.Context) (StatusReport, error) {
 // databaseState is "empty", "behind", "current" or why it is not known;
 // it never includes credentials.
 func (a *Agent) databaseState(ctx context.Context, r Rendered, eng *engine.Engine) string {
-	if r.State.Spec.Local {
-		return "bundled postgres (not inspected from the host)"
-	}
 	imageID, err := eng.ImageID(ctx, r.Config.Image)
 	if err != nil || imageID == "" {
 		return fmt.Sprintf("unknown: image %q is not present", r.Config.Image)
@@ -352,9 +455,13 @@ func (a *Agent) databaseState(ctx context.Context, r Rendered, eng *engine.Engin
 	if !ok {
 		return "unknown: the image's head revision is not known yet (run `redash-agent migrate`)"
 	}
-	st, err := migrate.Inspect(ctx, r.State.DB, head)
+	db, err := a.dbTarget(ctx, r, eng)
 	if err != nil {
 		return "unknown: " + err.Error()
+	}
+	st, err := migrate.Inspect(ctx, db, head)
+	if err != nil {
+		return "unknown: " + a.explainLocalAuth(r, err).Error()
 	}
 	return string(st) + " (image head " + head + ")"
 }

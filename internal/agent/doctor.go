@@ -19,6 +19,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/redash-agent/redash-agent/internal/compose"
+	"github.com/redash-agent/redash-agent/internal/config"
 	"github.com/redash-agent/redash-agent/internal/dirlock"
 	"github.com/redash-agent/redash-agent/internal/doctor"
 	"github.com/redash-agent/redash-agent/internal/engine"
@@ -68,8 +69,13 @@ func (a *Agent) Doctor(ctx context.Context, offline bool) doctor.Report {
 		)
 		return doctor.Run(ctx, checks, 20*time.Second)
 	}
-	checks = append(checks,
-		doctor.Check{Name: "imds", Run: func(ctx context.Context) doctor.Result {
+	// Provider local runs off EC2: IMDS is not contacted at all, and its
+	// redis is reached at its container's address, which Docker gives.
+	redisNeeds := []string{"configuration and secrets"}
+	if a.localProvider() {
+		redisNeeds = append(redisNeeds, "docker")
+	} else {
+		checks = append(checks, doctor.Check{Name: "imds", Run: func(ctx context.Context) doctor.Result {
 			inst, err := a.remote.imds(imds.Options{Deadline: 10 * time.Second, Logger: a.quietLogger()}).Instance(ctx)
 			if err != nil {
 				fix := "check the launch template's MetadataOptions: HttpEndpoint enabled, HttpTokens required, HttpPutResponseHopLimit 1"
@@ -85,7 +91,9 @@ func (a *Agent) Doctor(ctx context.Context, offline bool) doctor.Report {
 				}
 			}
 			return doctor.Result{Status: doctor.OK, Detail: fmt.Sprintf("instance %s in %s, %d redash: tags", inst.InstanceID, inst.Region, n)}
-		}},
+		}})
+	}
+	checks = append(checks,
 		doctor.Check{Name: "configuration and secrets", Run: func(ctx context.Context) doctor.Result {
 			var err error
 			r, err = a.quiet().Render(ctx)
@@ -100,8 +108,8 @@ func (a *Agent) Doctor(ctx context.Context, offline bool) doctor.Report {
 		doctor.Check{Name: "database", Needs: []string{"configuration and secrets", "docker"}, Run: func(ctx context.Context) doctor.Result {
 			return a.checkDatabase(ctx, r, eng)
 		}},
-		doctor.Check{Name: "redis", Needs: []string{"configuration and secrets"}, Run: func(ctx context.Context) doctor.Result {
-			return checkRedis(ctx, r)
+		doctor.Check{Name: "redis", Needs: redisNeeds, Run: func(ctx context.Context) doctor.Result {
+			return checkRedis(ctx, r, eng)
 		}},
 		doctor.Check{Name: "scheduler lease", Needs: []string{"configuration and secrets"}, Run: func(ctx context.Context) doctor.Result {
 			return a.checkSchedulerLease(ctx, r)
@@ -216,11 +224,11 @@ func (a *Agent) checkFiles(r Rendered) doctor.Result {
 
 func (a *Agent) checkDatabase(ctx context.Context, r Rendered, eng *engine.Engine) doctor.Result {
 	db := r.State.DB
-	if r.State.Spec.Local {
-		return doctor.Result{Status: doctor.Skip, Detail: "bundled postgres: checked through its container"}
-	}
 	addr := net.JoinHostPort(db.Host, strconv.Itoa(db.Port))
 	state := a.databaseState(ctx, r, eng)
+	if r.State.Spec.Local {
+		return localDatabaseResult(r, state)
+	}
 	switch {
 	case strings.HasPrefix(state, "current"):
 		return doctor.Result{Status: doctor.OK, Detail: fmt.Sprintf("%s database %q: %s", addr, migrate.DatabaseLabel(db), state)}
@@ -233,11 +241,41 @@ func (a *Agent) checkDatabase(ctx context.Context, r Rendered, eng *engine.Engin
 	}
 }
 
-func checkRedis(ctx context.Context, r Rendered) doctor.Result {
-	if r.State.Spec.Local {
-		return doctor.Result{Status: doctor.Skip, Detail: "bundled redis: checked through its container"}
+// localDatabaseResult is the database check for provider local's bundled
+// postgres, from databaseState: the fixes name its container, not a
+// security group.
+func localDatabaseResult(r Rendered, state string) doctor.Result {
+	name := r.Project.Name + "-" + compose.PostgresService + "-1"
+	detail := fmt.Sprintf("bundled postgres (container %s): %s", name, state)
+	switch {
+	case strings.HasPrefix(state, "current"):
+		return doctor.Result{Status: doctor.OK, Detail: detail}
+	case strings.HasPrefix(state, "unknown: the image's head"):
+		return doctor.Result{Status: doctor.Warn, Detail: detail, Fix: "sudo redash-agent migrate --provider local"}
+	case strings.Contains(state, "another password"):
+		return doctor.Result{Status: doctor.Fail, Detail: detail, Fix: "see the detail: restore the state directory's secrets or start from an empty volume"}
+	case strings.HasPrefix(state, "unknown"):
+		return doctor.Result{Status: doctor.Fail, Detail: detail, Fix: "start it with `sudo redash-agent up --provider local`; `docker logs " + name + "` says why it stopped"}
+	default:
+		return doctor.Result{Status: doctor.Warn, Detail: detail, Fix: "sudo redash-agent migrate --provider local (or up)"}
 	}
-	opt, err := redis.ParseURL(r.State.Env["REDASH_REDIS_URL"])
+}
+
+func checkRedis(ctx context.Context, r Rendered, eng *engine.Engine) doctor.Result {
+	url := r.State.Env["REDASH_REDIS_URL"]
+	where := "the ElastiCache security group allows this instance on %s and the redis-auth secret"
+	if r.State.Spec.Local {
+		// The bundled redis publishes no port: ping it at its container's
+		// address on the project network.
+		name := r.Project.Name + "-" + compose.RedisService + "-1"
+		ip, err := eng.ServiceAddress(ctx, r.Project.Name, compose.RedisService)
+		if err != nil {
+			return doctor.Result{Status: doctor.Fail, Detail: "bundled redis: " + err.Error(), Fix: "start it with `sudo redash-agent up --provider local`; `docker logs " + name + "` says why it stopped"}
+		}
+		url = "redis://" + net.JoinHostPort(ip, "6379") + "/0"
+		where = "that container " + name + " runs redis on %s (`docker logs " + name + "`)"
+	}
+	opt, err := redis.ParseURL(url)
 	if err != nil {
 		// The URL may hold the auth token: name the setting, not the value.
 		return doctor.Result{Status: doctor.Fail, Detail: "REDASH_REDIS_URL is not a valid redis URL", Fix: "check redash:redis-endpoint / redash:redis-url"}
@@ -246,7 +284,7 @@ func checkRedis(ctx context.Context, r Rendered) doctor.Result {
 	c := redis.NewClient(opt)
 	defer c.Close()
 	if err := c.Ping(ctx).Err(); err != nil {
-		return doctor.Result{Status: doctor.Fail, Detail: fmt.Sprintf("redis at %s does not answer PING: %v", opt.Addr, err), Fix: "check the ElastiCache security group allows this instance on " + opt.Addr + " and the redis-auth secret"}
+		return doctor.Result{Status: doctor.Fail, Detail: fmt.Sprintf("redis at %s does not answer PING: %v", opt.Addr, err), Fix: "check " + fmt.Sprintf(where, opt.Addr)}
 	}
 	return doctor.Result{Status: doctor.OK, Detail: "redis at " + opt.Addr + " answers PING"}
 }
@@ -299,7 +337,24 @@ func checkPing(ctx context.Context, r Rendered) doctor.Result {
 	if resp.StatusCode != http.StatusOK {
 		return doctor.Result{Status: doctor.Fail, Detail: fmt.Sprintf("%s answered %d", url, resp.StatusCode), Fix: "docker logs " + r.Config.Project + "-server-1"}
 	}
-	return doctor.Result{Status: doctor.OK, Detail: url + " answers 200: the ALB health check will pass"}
+	if r.State.Spec.Local {
+		return doctor.Result{Status: doctor.OK, Detail: url + " answers 200: Redash is up"}
+	}
+	return doctor.Result{Status: doctor.OK, Detail: url + " answers 200: a load balancer's health check on /ping will pass"}
+}
+
+// localProvider says whether the flags or the config file choose provider
+// local, read without AWS: doctor then never contacts IMDS.
+func (a *Agent) localProvider() bool {
+	file, _, flags, err := a.localLayers()
+	if err != nil {
+		return false
+	}
+	provider := file.Values["provider"]
+	if v := flags.Values["provider"]; v != "" {
+		provider = v
+	}
+	return provider == config.ProviderLocal
 }
 
 // quiet returns an agent that logs only errors, for doctor's own output.

@@ -58,7 +58,7 @@ func (e *Engine) Apply(ctx context.Context, d Desired, p Plan, stage Stage) erro
 	}
 	log := e.log().With("project", p.Project, "stage", stage.String())
 	log.Info("[started] applying", "actions", len(todo))
-	if stage == StageContainers && attachesToObservedNetwork(p) {
+	if (stage == StageBacking || stage == StageContainers) && attachesToObservedNetwork(p) {
 		// Whatever attaches to the project network removes the empty
 		// duplicates a create race on Docker before API 1.44 left (see
 		// ensureNetwork); the creates attach by the observed (oldest) ID.
@@ -77,6 +77,9 @@ func (e *Engine) Apply(ctx context.Context, d Desired, p Plan, stage Stage) erro
 		}
 	}
 	st := &applyState{created: map[string]string{}}
+	if err := e.networkFromEarlierStage(ctx, d, p, stage, st); err != nil {
+		return err
+	}
 	errs := make([]error, len(p.Actions))
 	var wg sync.WaitGroup
 	for _, i := range todo {

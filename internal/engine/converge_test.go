@@ -15,7 +15,7 @@ func converge(ctx context.Context, e *Engine, d Desired) (Plan, error) {
 
 // applyAll applies every stage of p in order.
 func applyAll(ctx context.Context, e *Engine, d Desired, p Plan) error {
-	for _, st := range []Stage{StageImages, StageContainers, StageReady} {
+	for _, st := range []Stage{StageImages, StageBacking, StageContainers, StageReady} {
 		if err := e.Apply(ctx, d, p, st); err != nil {
 			return err
 		}

@@ -13,16 +13,22 @@ import (
 
 // Stage is one part of a plan that the caller applies as one pipeline step.
 // The stages run in this order; the agent runs its database migration
-// between StageImages and StageContainers, so no container of a new version
-// starts before the schema is at its head, and a failed pull or migration
-// leaves every container untouched.
+// between StageBacking and StageContainers, so no Redash container of a new
+// version starts before the schema is at its head, and a failed pull or
+// migration leaves every Redash container untouched.
 type Stage int
 
 const (
 	// StageImages pulls the images that are missing. It touches no container.
 	StageImages Stage = iota + 1
-	// StageContainers creates the network and stops, removes, creates,
-	// starts and restarts containers, in dependency order.
+	// StageBacking starts the bundled services the Redash services depend
+	// on (provider local's postgres and redis), after the network and the
+	// removal of stale containers (which may hold their names or ports):
+	// the migration needs the database running. Empty without them.
+	StageBacking
+	// StageContainers creates the network (unless StageBacking did) and
+	// stops, removes, creates, starts and restarts containers, in
+	// dependency order.
 	StageContainers
 	// StageReady waits until the stack is healthy. It changes nothing.
 	StageReady
@@ -32,6 +38,8 @@ func (s Stage) String() string {
 	switch s {
 	case StageImages:
 		return "images"
+	case StageBacking:
+		return "backing services"
 	case StageContainers:
 		return "containers"
 	case StageReady:
@@ -198,6 +206,21 @@ func (a Action) Text() string {
 
 func reasonRecreate(service string) string { return "recreate " + service }
 
+// backing are the bundled services the Redash services depend on, which
+// the migration needs running (provider local).
+var backing = map[string]bool{compose.PostgresService: true, compose.RedisService: true}
+
+// Has reports whether the plan has an action of stage st that makes a
+// Docker call or waits (keep makes none).
+func (p Plan) Has(st Stage) bool {
+	for _, a := range p.Actions {
+		if a.Stage == st && a.Kind != ActKeep {
+			return true
+		}
+	}
+	return false
+}
+
 // serviceOrder is the server first, then the other services by name, each
 // placed after the services it depends_on: a dependency order in which
 // every start can come after the starts it waits for.
@@ -236,8 +259,9 @@ func serviceOrder(p *types.Project) []string {
 // says them: a service starts after the services it depends on started in
 // the same plan (nginx after the server: it resolves `redash` at start),
 // and a running dependent is restarted when one of those is replaced or
-// started again. The scheduler and workers depend on nothing here; the
-// migration before them is the agent's step between StageImages and
+// started again. The Redash services depend on nothing but provider
+// local's postgres and redis, which start in StageBacking; the migration
+// before the Redash services is the agent's step between StageBacking and
 // StageContainers. Starts also wait for the removal of stale containers,
 // which may hold a published port.
 func ComputePlan(d Desired, o Observed) Plan {
@@ -248,6 +272,21 @@ func ComputePlan(d Desired, o Observed) Plan {
 		return len(p.Actions) - 1
 	}
 	order := serviceOrder(d.Project)
+	// With bundled services, the network and the stale containers' removal
+	// come before them, in their stage; every other service's actions are
+	// StageContainers.
+	early := StageContainers
+	for _, name := range order {
+		if backing[name] {
+			early = StageBacking
+		}
+	}
+	stageOf := func(service string) Stage {
+		if backing[service] {
+			return StageBacking
+		}
+		return StageContainers
+	}
 
 	// Images: every missing one, before anything is stopped.
 	pulled := map[string]bool{}
@@ -263,7 +302,7 @@ func ComputePlan(d Desired, o Observed) Plan {
 	var netAfter []int
 	netID := ""
 	if o.Network == nil {
-		netAfter = []int{add(Action{Stage: StageContainers, Kind: ActCreateNetwork, Container: compose.NetworkName(project)})}
+		netAfter = []int{add(Action{Stage: early, Kind: ActCreateNetwork, Container: compose.NetworkName(project)})}
 	} else {
 		netID = o.Network.ID
 	}
@@ -301,16 +340,17 @@ func ComputePlan(d Desired, o Observed) Plan {
 	slices.SortFunc(stale, func(a, b Container) int { return strings.Compare(a.Name, b.Name) })
 	var staleGone []int
 	for _, c := range stale {
-		stop := add(Action{Stage: StageContainers, Kind: ActStop, Service: c.Service, Container: c.Name, ID: c.ID, Reason: reasons[c.ID]})
-		staleGone = append(staleGone, add(Action{Stage: StageContainers, Kind: ActRemove, Service: c.Service, Container: c.Name, ID: c.ID, Reason: reasons[c.ID], After: []int{stop}}))
+		stop := add(Action{Stage: early, Kind: ActStop, Service: c.Service, Container: c.Name, ID: c.ID, Reason: reasons[c.ID]})
+		staleGone = append(staleGone, add(Action{Stage: early, Kind: ActRemove, Service: c.Service, Container: c.Name, ID: c.ID, Reason: reasons[c.ID], After: []int{stop}}))
 	}
 
 	started := map[string]int{} // service -> its start action, when the plan starts it
 	for _, name := range order {
 		svc := d.Project.Services[name]
 		svc.Name = name
+		stage := stageOf(name)
 		a := Action{
-			Stage:     StageContainers,
+			Stage:     stage,
 			Service:   name,
 			Container: containerName(project, name),
 			Image:     svc.Image,
@@ -353,13 +393,13 @@ func ComputePlan(d Desired, o Observed) Plan {
 				// kill in between leaves a missing container, which the next
 				// run creates.
 				why := reasonRecreate(name)
-				stop := add(Action{Stage: StageContainers, Kind: ActStop, Service: name, Container: c.Name, ID: c.ID, Reason: why})
-				createAfter = append(createAfter, add(Action{Stage: StageContainers, Kind: ActRemove, Service: name, Container: c.Name, ID: c.ID, Reason: why, After: []int{stop}}))
+				stop := add(Action{Stage: stage, Kind: ActStop, Service: name, Container: c.Name, ID: c.ID, Reason: why})
+				createAfter = append(createAfter, add(Action{Stage: stage, Kind: ActRemove, Service: name, Container: c.Name, ID: c.ID, Reason: why, After: []int{stop}}))
 				a.Replaces, a.OldHash, a.Reason = c.Name, c.Hash, reason
 			}
 			a.Kind, a.After = ActCreate, createAfter
 			created := add(a)
-			started[name] = add(Action{Stage: StageContainers, Kind: ActStart, Service: name, Container: a.Container,
+			started[name] = add(Action{Stage: stage, Kind: ActStart, Service: name, Container: a.Container,
 				Hash: a.Hash, After: append([]int{created}, startAfter...)})
 		}
 	}

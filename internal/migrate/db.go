@@ -101,6 +101,18 @@ func dsnQuote(s string) string {
 	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(s) + "'"
 }
 
+// pgCannotConnectNow is "the database system is starting up" (or shutting
+// down): a server that answers but will accept connections in a moment,
+// as a freshly started bundled postgres does. It is retried.
+const pgCannotConnectNow = "57P03"
+
+// IsAuthFailure says whether err is PostgreSQL refusing the login: a wrong
+// password (28P01) or no pg_hba entry or role for it (28000).
+func IsAuthFailure(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && (pgErr.Code == "28P01" || pgErr.Code == "28000")
+}
+
 // connectRetry spaces connection attempts: an Aurora failover takes tens of
 // seconds, so the cap keeps retrying often enough to notice its end.
 var connectRetry = backoff.Policy{Base: 500 * time.Millisecond, Max: 5 * time.Second}
@@ -124,7 +136,7 @@ func connect(ctx context.Context, t desired.DB, log *slog.Logger) (*pgx.Conn, er
 			return conn, nil
 		}
 		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) {
+		if errors.As(err, &pgErr) && pgErr.Code != pgCannotConnectNow {
 			return nil, fmt.Errorf("connecting to PostgreSQL at %s, database %q: %w: check the db-user/db-password secrets and redash:db-name", t.Addr(), dbLabel(t), err)
 		}
 		// An attempt cut short by the deadline says less than the one

@@ -153,6 +153,12 @@ func TestRunWrongPasswordIsFinal(t *testing.T) {
 	if strings.Contains(err.Error(), "definitely-wrong-pw") {
 		t.Errorf("error contains the password: %v", err)
 	}
+	if !IsAuthFailure(err) {
+		t.Errorf("IsAuthFailure(%v) = false; the agent explains a refused login by it", err)
+	}
+	if IsAuthFailure(errors.New("connection refused")) {
+		t.Error("IsAuthFailure is true for an error that is no PostgreSQL refusal")
+	}
 	if time.Since(start) > 5*time.Second {
 		t.Errorf("an authentication failure was retried for %s; it is final", time.Since(start))
 	}
