@@ -44,6 +44,9 @@ type globals struct {
 	json         bool
 	imdsDeadline time.Duration
 	logFormat    string
+	// readOnly is set by a command that must write nothing (render
+	// --dry-run, --plan), not by a flag of its own.
+	readOnly bool
 }
 
 // Main runs the CLI and returns the process exit code.
@@ -178,6 +181,7 @@ func (g *globals) newAgent(stderr io.Writer) (*agent.Agent, error) {
 		Set:          set,
 		IMDSDeadline: g.imdsDeadline,
 		Logger:       g.logger(stderr),
+		ReadOnly:     g.readOnly,
 	}), nil
 }
 
