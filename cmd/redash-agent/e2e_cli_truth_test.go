@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io/fs"
 	"os"
@@ -11,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/docker/docker/api/types/volume"
 
 	"github.com/redash-agent/redash-agent/internal/testenv"
 )
@@ -159,5 +162,44 @@ nginx-port: %[4]d
 		if !strings.Contains(last, want) {
 			t.Errorf("up's error lacks %q:\n%s", want, last)
 		}
+	}
+}
+
+// TestDownKeepsTheDatabaseVolumeUnlessAsked: `down --remove` keeps the
+// bundled database volume and says how to remove it; `down --volumes`
+// removes it and says so. The volume is made directly, as Docker makes it
+// when the postgres container is created.
+func TestDownKeepsTheDatabaseVolumeUnlessAsked(t *testing.T) {
+	dc := testenv.DockerClient(t)
+	root := t.TempDir()
+	project := fmt.Sprintf("rae2evol%d", time.Now().UnixNano()%1_000_000_000)
+	name := project + "_postgres-data"
+	if err := os.WriteFile(filepath.Join(root, "config.yaml"), []byte("provider: local\nproject: "+project+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := dc.VolumeCreate(ctx, volume.CreateOptions{Name: name}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = dc.VolumeRemove(context.Background(), name, true) })
+
+	stdout, stderr, code := localRun(t, root, "down", "--remove")
+	if code != 0 || !strings.Contains(stdout, "kept the database volume "+name) || !strings.Contains(stdout, "--volumes") {
+		t.Fatalf("down --remove: exit %d\nstdout: %s\nstderr: %s", code, stdout, stderr)
+	}
+	if _, err := dc.VolumeInspect(ctx, name); err != nil {
+		t.Fatalf("down --remove removed the database volume: %v", err)
+	}
+	stdout, stderr, code = localRun(t, root, "down", "--volumes")
+	if code != 0 || !strings.Contains(stdout, "removed the database volume "+name) {
+		t.Fatalf("down --volumes: exit %d\nstdout: %s\nstderr: %s", code, stdout, stderr)
+	}
+	if _, err := dc.VolumeInspect(ctx, name); err == nil {
+		t.Fatal("down --volumes left the database volume")
+	}
+	// Nothing left to remove: no word about volumes.
+	stdout, _, code = localRun(t, root, "down", "--remove")
+	if code != 0 || strings.Contains(stdout, "volume") {
+		t.Errorf("down --remove without a volume: exit %d\n%s", code, stdout)
 	}
 }

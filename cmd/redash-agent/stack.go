@@ -43,20 +43,46 @@ func upCmd(g *globals) *cobra.Command {
 }
 
 func downCmd(g *globals) *cobra.Command {
-	var remove bool
+	var remove, volumes bool
 	c := &cobra.Command{
 		Use:   "down",
-		Short: "Stop the Redash containers (--remove also removes them and the network)",
-		Args:  cobra.NoArgs,
+		Short: "Stop the Redash containers (--remove also removes them and the network; --volumes also the bundled database)",
+		Long: `down stops every container of the project. --remove also removes them and the
+project network. The bundled database of provider local lives in the volume
+<project>_postgres-data, which --remove keeps: add --volumes (implies --remove)
+to delete it too, and with it every query, dashboard and user of that database.`,
+		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			a, err := g.newAgent(c.ErrOrStderr())
 			if err != nil {
 				return err
 			}
-			return locked(c.Context(), a, func() error { return a.Down(c.Context(), remove) })
+			remove = remove || volumes
+			out := c.OutOrStdout()
+			return locked(c.Context(), a, func() error {
+				if err := a.Down(c.Context(), remove); err != nil {
+					return err
+				}
+				switch {
+				case volumes:
+					name, removed, err := a.RemoveDBVolume(c.Context())
+					if err != nil {
+						return err
+					}
+					if removed {
+						fmt.Fprintf(out, "removed the database volume %s and its data\n", name)
+					}
+				case remove:
+					if name, exists, err := a.DBVolume(c.Context()); err == nil && exists {
+						fmt.Fprintf(out, "kept the database volume %s (the bundled database's data): add --volumes to remove it too\n", name)
+					}
+				}
+				return nil
+			})
 		},
 	}
 	c.Flags().BoolVar(&remove, "remove", false, "remove the containers and the project network too")
+	c.Flags().BoolVar(&volumes, "volumes", false, "with --remove, also delete the bundled database volume <project>_postgres-data and its data (provider local)")
 	return c
 }
 
