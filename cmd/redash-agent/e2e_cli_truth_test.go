@@ -203,3 +203,50 @@ func TestDownKeepsTheDatabaseVolumeUnlessAsked(t *testing.T) {
 		t.Errorf("down --remove without a volume: exit %d\n%s", code, stdout)
 	}
 }
+
+// TestPrepareImageSaysWhatItRemoves: prepare-image prints each image once
+// (the Redash services share one) and no line twice, and names every file
+// it removed with why, the generated local secrets included: an AMI must
+// not carry one host's secrets, and deleting them must not be silent.
+func TestPrepareImageSaysWhatItRemoves(t *testing.T) {
+	testenv.DockerClient(t)
+	redash := redashImage(t, "redash-agent-test/redash:v1", "rev1")
+	other := "redash-agent-test/nginx:latest"
+	testenv.BuildFakeImage(t, testenv.FakeImage{Tag: other, Cmd: []string{"nginx"}})
+	root := t.TempDir()
+	project := fmt.Sprintf("rae2eprep%d", time.Now().UnixNano()%1_000_000_000)
+	cfg := fmt.Sprintf("provider: local\nproject: %s\nimage: %s\nnginx-image: %s\npostgres-image: %s\nredis-image: %s\n",
+		project, redash, other, other, other)
+	if err := os.WriteFile(filepath.Join(root, "config.yaml"), []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if stdout, stderr, code := localRun(t, root, "render"); code != 0 {
+		t.Fatalf("render: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	secretsFile := filepath.Join(root, "state", "local-secrets.json")
+	if _, err := os.Stat(secretsFile); err != nil {
+		t.Fatalf("render made no local secrets: %v", err)
+	}
+
+	stdout, stderr, code := localRun(t, root, "prepare-image")
+	if code != 0 {
+		t.Fatalf("prepare-image: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	seen := map[string]bool{}
+	for _, line := range strings.Split(strings.TrimSpace(stdout), "\n") {
+		if seen[line] {
+			t.Errorf("prepare-image printed %q twice:\n%s", line, stdout)
+		}
+		seen[line] = true
+	}
+	for _, want := range []string{"present: " + redash + "\n", "present: " + other + "\n",
+		"removed: " + secretsFile + " (secrets generated for this host",
+		"removed: " + filepath.Join(root, "redash", "env") + " ("} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("prepare-image output lacks %q:\n%s", want, stdout)
+		}
+	}
+	if _, err := os.Stat(secretsFile); err == nil {
+		t.Errorf("prepare-image left %s in the image", secretsFile)
+	}
+}
