@@ -1,8 +1,11 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
+	"os"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -108,6 +111,49 @@ func TestConfigRowsHaveNoEmptyRows(t *testing.T) {
 	for _, absent := range []string{"nginx-image", "nginx-port", "postgres-image", "db-name", "redis-url", "web-workers", "log-group", "region"} {
 		if _, ok := got[absent]; ok {
 			t.Errorf("config lists %q, which does not apply or has no value", absent)
+		}
+	}
+}
+
+// TestREADMEListsEveryGlobalFlagAndConfigKey: every global flag is in the
+// README, and `config` has a row for every plain key of its tag table
+// (db-secret shows with the secrets).
+func TestREADMEListsEveryGlobalFlagAndConfigKey(t *testing.T) {
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme := string(b)
+	var out, errb bytes.Buffer
+	if code := Main([]string{"--help"}, &out, &errb); code != 0 {
+		t.Fatalf("--help: exit %d %s", code, errb.String())
+	}
+	flagRE := regexp.MustCompile(`(?m)^\s+(?:-\w, )?(--[a-z-]+)`)
+	flags := flagRE.FindAllStringSubmatch(out.String(), -1)
+	if len(flags) < 8 {
+		t.Fatalf("parsed %d flags from --help:\n%s", len(flags), out.String())
+	}
+	for _, f := range flags {
+		if f[1] == "--help" {
+			continue
+		}
+		if !strings.Contains(readme, "`"+f[1]) {
+			t.Errorf("README does not list the global flag %s", f[1])
+		}
+	}
+
+	listed := map[string]bool{}
+	for _, k := range configKeys {
+		listed[k] = true
+		if !config.KnownKey(k) {
+			t.Errorf("config lists %q, which the agent does not accept", k)
+		}
+	}
+	table := readme[strings.Index(readme, "| tag | meaning | default |"):]
+	table = table[:strings.Index(table, "\n\n")]
+	for _, m := range regexp.MustCompile("`redash:([a-z-]+)`").FindAllStringSubmatch(table, -1) {
+		if k := m[1]; !listed[k] && k != "db-secret" {
+			t.Errorf("config has no row for %q, a key of the README's table", k)
 		}
 	}
 }
