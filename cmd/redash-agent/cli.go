@@ -46,7 +46,7 @@ type globals struct {
 	logFormat    string
 	// readOnly is set by a command that must write nothing (render
 	// --dry-run, --plan), not by a flag of its own.
-	readOnly bool
+	readOnly, keepHashKey bool
 }
 
 // Main runs the CLI and returns the process exit code.
@@ -182,6 +182,7 @@ func (g *globals) newAgent(stderr io.Writer) (*agent.Agent, error) {
 		IMDSDeadline: g.imdsDeadline,
 		Logger:       g.logger(stderr),
 		ReadOnly:     g.readOnly,
+		KeepHashKey:  g.keepHashKey,
 	}), nil
 }
 

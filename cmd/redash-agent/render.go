@@ -22,9 +22,11 @@ func renderCmd(g *globals) *cobra.Command {
 		Short: "Write DIR/env and DIR/docker-compose.yml (or print them with --dry-run, secrets redacted)",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			// A dry run and a plan leave the state directory as they found
-			// it: no local secrets, no hash key.
+			// A dry run leaves the state directory as it found it: no local
+			// secrets, no hash key. A plan makes the hash key alone, so the
+			// hashes it prints are the ones up will use.
 			g.readOnly = dryRun || plan
+			g.keepHashKey = plan
 			a, err := g.newAgent(c.ErrOrStderr())
 			if err != nil {
 				return err
@@ -71,7 +73,7 @@ func renderCmd(g *globals) *cobra.Command {
 	c.Flags().BoolVar(&dryRun, "dry-run", false, "print the files instead of writing them; secret values are redacted")
 	// No backquotes in flag usages: pflag takes a backquoted word as the
 	// value's placeholder and prints "--plan up".
-	c.Flags().BoolVar(&plan, "plan", false, "also print the images up would pull and what it would do to the containers; writes nothing")
+	c.Flags().BoolVar(&plan, "plan", false, "also print the images up would pull and what it would do to the containers; writes nothing but the state directory's hash key")
 	return c
 }
 

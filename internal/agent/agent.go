@@ -59,6 +59,9 @@ type Options struct {
 	// the hash key that do not exist yet are made in memory only, so the
 	// state directory is left exactly as it was.
 	ReadOnly bool
+	// KeepHashKey, with ReadOnly, still creates the hash key when missing
+	// (render --plan): the hashes a plan prints are then the ones up uses.
+	KeepHashKey bool
 }
 
 func (o Options) lockWait() time.Duration {
