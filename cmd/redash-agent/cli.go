@@ -44,6 +44,9 @@ type globals struct {
 	json         bool
 	imdsDeadline time.Duration
 	logFormat    string
+	// readOnly is set by a command that must write nothing (render
+	// --dry-run, --plan), not by a flag of its own.
+	readOnly, keepHashKey bool
 }
 
 // Main runs the CLI and returns the process exit code.
@@ -178,6 +181,8 @@ func (g *globals) newAgent(stderr io.Writer) (*agent.Agent, error) {
 		Set:          set,
 		IMDSDeadline: g.imdsDeadline,
 		Logger:       g.logger(stderr),
+		ReadOnly:     g.readOnly,
+		KeepHashKey:  g.keepHashKey,
 	}), nil
 }
 
@@ -238,7 +243,18 @@ func configCmd(g *globals) *cobra.Command {
 	return c
 }
 
-// configRows lists the resolved configuration, one row per setting.
+// configKeys are the plain keys `config` lists, in the README table's
+// order of interest; TestConfigListingCoversREADME holds it to the README.
+var configKeys = []string{
+	"provider", "project", "version", "image", "nginx-image", "postgres-image", "redis-image", "role", "nginx",
+	"secrets-prefix", "db-endpoint", "db-name", "redis-endpoint", "redis-url", "web-workers", "log-group",
+	"server-port", "nginx-port", "refresh",
+}
+
+// configRows lists the resolved configuration, one row per setting that has
+// a value: every plain key, then region, secrets, env and workers. A key
+// that does not apply (nginx-port without nginx, the bundled images under
+// provider aws) is listed only when it was set.
 func configRows(cfg config.Config) []configRow {
 	src := func(key string) string {
 		if s, ok := cfg.Origins[key]; ok {
@@ -246,36 +262,46 @@ func configRows(cfg config.Config) []configRow {
 		}
 		return string(config.SourceDerived)
 	}
-	rows := []configRow{
-		{"provider", cfg.Provider, src("provider")},
-		{"project", cfg.Project, src("project")},
-		{"version", cfg.Version, src("version")},
-		{"image", cfg.Image, src("image")},
-		{"role", cfg.Role, src("role")},
-		{"nginx", fmt.Sprint(cfg.Nginx), src("nginx")},
-		{"region", cfg.Region, src("region")},
+	local := cfg.Provider == config.ProviderLocal
+	_, dbSecret := cfg.Secrets["db-secret"]
+	applies := map[string]bool{
+		"nginx-image":    cfg.Nginx,
+		"nginx-port":     cfg.Nginx,
+		"postgres-image": local,
+		"redis-image":    local,
+		"secrets-prefix": !local && !dbSecret,
 	}
+	itoa := func(n int) string {
+		if n <= 0 {
+			return ""
+		}
+		return fmt.Sprint(n)
+	}
+	values := map[string]string{
+		"provider": cfg.Provider, "project": cfg.Project, "version": cfg.Version, "image": cfg.Image,
+		"nginx-image": cfg.NginxImage, "postgres-image": cfg.PostgresImage, "redis-image": cfg.RedisImage,
+		"role": cfg.Role, "nginx": fmt.Sprint(cfg.Nginx), "secrets-prefix": cfg.SecretsPrefix,
+		"db-endpoint": cfg.DBEndpoint, "db-name": cfg.DBName, "redis-endpoint": cfg.RedisEndpoint,
+		"redis-url": cfg.RedisURL, "web-workers": itoa(cfg.WebWorkers), "log-group": cfg.LogGroup,
+		"server-port": itoa(cfg.ServerPort), "nginx-port": itoa(cfg.NginxPort), "refresh": cfg.Refresh.String(),
+	}
+	if cfg.Refresh <= 0 {
+		values["refresh"] = ""
+	}
+	var rows []configRow
 	add := func(key, val string) {
 		if val != "" {
 			rows = append(rows, configRow{key, val, src(key)})
 		}
 	}
-	if cfg.Nginx {
-		add("nginx-image", cfg.NginxImage)
+	for _, k := range configKeys {
+		set := src(k) != string(config.SourceDefault) && src(k) != string(config.SourceDerived)
+		if ok, listed := applies[k]; listed && !ok && !set {
+			continue
+		}
+		add(k, values[k])
 	}
-	add("db-endpoint", cfg.DBEndpoint)
-	add("db-name", cfg.DBName)
-	add("redis-endpoint", cfg.RedisEndpoint)
-	add("redis-url", cfg.RedisURL)
-	add("log-group", cfg.LogGroup)
-	add("server-port", fmt.Sprint(cfg.ServerPort))
-	if cfg.Nginx {
-		add("nginx-port", fmt.Sprint(cfg.NginxPort))
-	}
-	if cfg.WebWorkers > 0 {
-		add("web-workers", fmt.Sprint(cfg.WebWorkers))
-	}
-	add("refresh", cfg.Refresh.String())
+	add("region", cfg.Region)
 	var names []string
 	for n := range cfg.Secrets {
 		names = append(names, n)
@@ -286,17 +312,11 @@ func configRows(cfg config.Config) []configRow {
 		if n == "db-secret" {
 			key = "db-secret"
 		}
-		rows = append(rows, configRow{key, cfg.Secrets[n].String(), src(key)})
+		add(key, cfg.Secrets[n].String())
 	}
-	for _, m := range []map[string]string{cfg.Env} {
-		var ks []string
-		for k := range m {
-			ks = append(ks, k)
-		}
-		sort.Strings(ks)
-		for _, k := range ks {
-			rows = append(rows, configRow{"env:" + k, m[k], src("env:" + k)})
-		}
+	for _, k := range sortedKeys(cfg.Env) {
+		// An env value may legitimately be empty: still a setting.
+		rows = append(rows, configRow{"env:" + k, cfg.Env[k], src("env:" + k)})
 	}
 	var ws []string
 	for w := range cfg.Workers {
@@ -304,7 +324,16 @@ func configRows(cfg config.Config) []configRow {
 	}
 	sort.Strings(ws)
 	for _, w := range ws {
-		rows = append(rows, configRow{"workers:" + w, fmt.Sprint(cfg.Workers[w]), src("workers:" + w)})
+		add("workers:"+w, fmt.Sprint(cfg.Workers[w]))
 	}
 	return rows
+}
+
+func sortedKeys(m map[string]string) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return ks
 }

@@ -122,11 +122,7 @@ func TestDockerOutages(t *testing.T) {
 		cmd.Env = cleanEnv("AWS_EC2_METADATA_SERVICE_ENDPOINT="+s.imds, "AWS_ENDPOINT_URL_SECRETS_MANAGER="+s.moto.Endpoint)
 		var out, errb strings.Builder
 		cmd.Stdout, cmd.Stderr = &out, &errb
-		err := cmd.Run()
-		code := 0
-		if ee, ok := err.(*exec.ExitError); ok {
-			code = ee.ExitCode()
-		}
+		code := exitCodeOf(runAgent(t, cmd))
 		done <- result{out.String(), errb.String(), code, time.Since(start)}
 	}()
 	time.Sleep(4 * time.Second)

@@ -81,12 +81,10 @@ func (f *fixture) run(args ...string) (stdout, stderr string, code int) {
 	)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	code = 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		f.t.Fatalf("running redash-agent: %v", err)
+	err := runAgent(f.t, cmd)
+	code = exitCodeOf(err)
+	if code < 0 {
+		f.t.Fatalf("running redash-agent %s: %v", strings.Join(args, " "), err)
 	}
 	f.outputs.WriteString(out.String())
 	f.outputs.WriteString(errb.String())

@@ -5,6 +5,8 @@ import (
 	"fmt"
 
 	"github.com/spf13/cobra"
+
+	"github.com/redash-agent/redash-agent/internal/agent"
 )
 
 // errDoctorFailed makes `doctor` exit 1 after printing its report.
@@ -55,15 +57,19 @@ func prepareImageCmd(g *globals) *cobra.Command {
 			}
 			// PrepareImage deletes the lock file last (an image must carry
 			// none); the lock itself is released when the command returns.
-			var images []string
+			var res agent.PrepareResult
 			err = locked(c.Context(), a, func() error {
-				images, err = a.PrepareImage(c.Context())
+				res, err = a.PrepareImage(c.Context())
 				return err
 			})
+			// What was removed is said even when a later removal failed.
+			for _, f := range res.Removed {
+				fmt.Fprintf(c.OutOrStdout(), "removed: %s (%s)\n", f.Path, f.Why)
+			}
 			if err != nil {
 				return err
 			}
-			for _, img := range images {
+			for _, img := range res.Images {
 				fmt.Fprintln(c.OutOrStdout(), "present:", img)
 			}
 			return nil

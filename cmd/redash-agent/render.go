@@ -11,6 +11,7 @@ import (
 	"github.com/redash-agent/redash-agent/internal/agent"
 	"github.com/redash-agent/redash-agent/internal/compose"
 	"github.com/redash-agent/redash-agent/internal/desired"
+	"github.com/redash-agent/redash-agent/internal/engine"
 	"github.com/redash-agent/redash-agent/internal/envfile"
 )
 
@@ -21,6 +22,11 @@ func renderCmd(g *globals) *cobra.Command {
 		Short: "Write DIR/env and DIR/docker-compose.yml (or print them with --dry-run, secrets redacted)",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
+			// A dry run leaves the state directory as it found it: no local
+			// secrets, no hash key. A plan makes the hash key alone, so the
+			// hashes it prints are the ones up will use.
+			g.readOnly = dryRun || plan
+			g.keepHashKey = plan
 			a, err := g.newAgent(c.ErrOrStderr())
 			if err != nil {
 				return err
@@ -31,9 +37,14 @@ func renderCmd(g *globals) *cobra.Command {
 				if err != nil {
 					return err
 				}
+				images, err := a.Images(c.Context(), r)
+				if err != nil {
+					return err
+				}
 				if err := printDryRun(out, g.dir, r); err != nil {
 					return err
 				}
+				printImages(out, images)
 				fmt.Fprintf(out, "# plan: %d change(s)\n%s", p.Mutations(), p.String())
 				if note != "" {
 					fmt.Fprintf(out, "# %s\n", note)
@@ -63,8 +74,29 @@ func renderCmd(g *globals) *cobra.Command {
 		},
 	}
 	c.Flags().BoolVar(&dryRun, "dry-run", false, "print the files instead of writing them; secret values are redacted")
-	c.Flags().BoolVar(&plan, "plan", false, "also print what `up` would do to the containers; writes nothing")
+	// No backquotes in flag usages: pflag takes a backquoted word as the
+	// value's placeholder and prints "--plan up".
+	c.Flags().BoolVar(&plan, "plan", false, "also print the images up would pull and what it would do to the containers; writes nothing but the state directory's hash key")
 	return c
+}
+
+// printImages lists each image of the plan, the key that sets it, and
+// whether up would pull it.
+func printImages(w io.Writer, images []engine.ImageUse) {
+	pull := 0
+	for _, im := range images {
+		if !im.Present {
+			pull++
+		}
+	}
+	fmt.Fprintf(w, "# images: %d, %d to pull\n", len(images), pull)
+	for _, im := range images {
+		what := "present"
+		if !im.Present {
+			what = "pull"
+		}
+		fmt.Fprintf(w, "#   %-7s %s (%s; %s)\n", what, im.Ref, im.Key, strings.Join(im.Services, ", "))
+	}
 }
 
 func changedWord(changed bool) string {

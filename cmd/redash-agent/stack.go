@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/redash-agent/redash-agent/internal/agent"
 	"github.com/redash-agent/redash-agent/internal/migrate"
 	"github.com/redash-agent/redash-agent/internal/systemd"
 )
@@ -29,7 +30,7 @@ func upCmd(g *globals) *cobra.Command {
 			if g.json {
 				return json.NewEncoder(out).Encode(map[string]any{
 					"env_changed": res.Files.Env, "compose_changed": res.Files.Compose,
-					"migration": res.Migrate, "plan": res.Plan.String(), "mutations": res.Plan.Mutations(),
+					"migration": migrationJSON(res.Migrate), "plan": res.Plan.String(), "mutations": res.Plan.Mutations(),
 				})
 			}
 			if res.Plan.Mutations() == 0 {
@@ -43,20 +44,46 @@ func upCmd(g *globals) *cobra.Command {
 }
 
 func downCmd(g *globals) *cobra.Command {
-	var remove bool
+	var remove, volumes bool
 	c := &cobra.Command{
 		Use:   "down",
-		Short: "Stop the Redash containers (--remove also removes them and the network)",
-		Args:  cobra.NoArgs,
+		Short: "Stop the Redash containers (--remove also removes them and the network; --volumes also the bundled database)",
+		Long: `down stops every container of the project. --remove also removes them and the
+project network. The bundled database of provider local lives in the volume
+<project>_postgres-data, which --remove keeps: add --volumes (implies --remove)
+to delete it too, and with it every query, dashboard and user of that database.`,
+		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			a, err := g.newAgent(c.ErrOrStderr())
 			if err != nil {
 				return err
 			}
-			return locked(c.Context(), a, func() error { return a.Down(c.Context(), remove) })
+			remove = remove || volumes
+			out := c.OutOrStdout()
+			return locked(c.Context(), a, func() error {
+				if err := a.Down(c.Context(), remove); err != nil {
+					return err
+				}
+				switch {
+				case volumes:
+					name, removed, err := a.RemoveDBVolume(c.Context())
+					if err != nil {
+						return err
+					}
+					if removed {
+						fmt.Fprintf(out, "removed the database volume %s and its data\n", name)
+					}
+				case remove:
+					if name, exists, err := a.DBVolume(c.Context()); err == nil && exists {
+						fmt.Fprintf(out, "kept the database volume %s (the bundled database's data): add --volumes to remove it too\n", name)
+					}
+				}
+				return nil
+			})
 		},
 	}
 	c.Flags().BoolVar(&remove, "remove", false, "remove the containers and the project network too")
+	c.Flags().BoolVar(&volumes, "volumes", false, "with --remove, also delete the bundled database volume <project>_postgres-data and its data (provider local)")
 	return c
 }
 
@@ -78,7 +105,7 @@ func statusCmd(g *globals) *cobra.Command {
 			if g.json {
 				enc := json.NewEncoder(out)
 				enc.SetIndent("", "  ")
-				return enc.Encode(st)
+				return enc.Encode(statusJSON(st))
 			}
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "SERVICE\tCONTAINER\tSTATE\tHEALTH\tRESTARTS\tCONFIG\tIMAGE")
@@ -121,7 +148,7 @@ func migrateCmd(g *globals) *cobra.Command {
 				return err
 			}
 			if g.json {
-				return json.NewEncoder(c.OutOrStdout()).Encode(res)
+				return json.NewEncoder(c.OutOrStdout()).Encode(migrationJSON(res))
 			}
 			ran := res.Ran
 			if ran == migrate.RanNone {
@@ -153,4 +180,45 @@ func runCmd(g *globals) *cobra.Command {
 			return a.Run(c.Context(), systemd.New(a.Logger()))
 		},
 	}
+}
+
+// The JSON of every command uses lowercase snake_case keys (config, doctor,
+// up, status): the types below give the engine's and migrate's structs,
+// which have no json tags, those keys.
+
+type serviceJSON struct {
+	Service       string `json:"service"`
+	Container     string `json:"container"`
+	State         string `json:"state"`
+	Health        string `json:"health"`
+	Image         string `json:"image"`
+	ConfigCurrent bool   `json:"config_current"` // created from the current configuration
+	RestartCount  int    `json:"restart_count"`
+}
+
+type statusReportJSON struct {
+	Services []serviceJSON `json:"services"`
+	Database string        `json:"database"`
+}
+
+func statusJSON(st agent.StatusReport) statusReportJSON {
+	out := statusReportJSON{Services: []serviceJSON{}, Database: st.Database}
+	for _, s := range st.Services {
+		out.Services = append(out.Services, serviceJSON{
+			Service: s.Service, Container: s.Container, State: s.State, Health: s.Health,
+			Image: s.Image, ConfigCurrent: s.HashCurrent, RestartCount: s.RestartCount,
+		})
+	}
+	return out
+}
+
+type migrationResultJSON struct {
+	Before string `json:"before"`
+	After  string `json:"after"`
+	Ran    string `json:"ran"`
+	Head   string `json:"head"`
+}
+
+func migrationJSON(r migrate.Result) migrationResultJSON {
+	return migrationResultJSON{Before: string(r.Before), After: string(r.After), Ran: r.Ran, Head: r.Head}
 }

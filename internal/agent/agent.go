@@ -55,6 +55,13 @@ type Options struct {
 	HealthTimeout time.Duration
 	Logger        *slog.Logger
 	Status        func(string) // STATUS= for systemd; may be nil
+	// ReadOnly is for dry runs (render --dry-run, --plan): local secrets and
+	// the hash key that do not exist yet are made in memory only, so the
+	// state directory is left exactly as it was.
+	ReadOnly bool
+	// KeepHashKey, with ReadOnly, still creates the hash key when missing
+	// (render --plan): the hashes a plan prints are then the ones up uses.
+	KeepHashKey bool
 }
 
 func (o Options) lockWait() time.Duration {
@@ -324,10 +331,12 @@ func (a *Agent) FetchSecrets(ctx context.Context, cfg config.Config) (map[string
 		sort.Slice(refs, func(i, j int) bool { return refs[i].Name < refs[j].Name })
 		var store secretStore
 		if cfg.Provider == config.ProviderLocal {
-			if err := os.MkdirAll(a.o.StateDir, 0o700); err != nil {
-				return fmt.Errorf("creating state directory %q: %w", a.o.StateDir, err)
+			if !a.o.ReadOnly {
+				if err := os.MkdirAll(a.o.StateDir, 0o700); err != nil {
+					return fmt.Errorf("creating state directory %q: %w", a.o.StateDir, err)
+				}
 			}
-			store = &secrets.LocalStore{Path: a.localSecrets()}
+			store = &secrets.LocalStore{Path: a.localSecrets(), ReadOnly: a.o.ReadOnly}
 		} else {
 			var err error
 			if store, err = a.remote.secrets(ctx, cfg.Region, a.secretsPolicy, a.log); err != nil {

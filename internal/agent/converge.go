@@ -337,6 +337,13 @@ func (a *Agent) hashKey() ([]byte, error) {
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("reading the config hash key %q: %w", path, err)
 	}
+	if a.o.ReadOnly && !a.o.KeepHashKey {
+		// A dry run keeps no key: with none on disk no container was
+		// labelled under one, and every hash compares as stale either way.
+		key = make([]byte, 32)
+		_, _ = rand.Read(key)
+		return key, nil
+	}
 	if err := os.MkdirAll(a.o.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating state directory %q: %w", a.o.StateDir, err)
 	}

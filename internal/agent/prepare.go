@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sort"
 
 	"github.com/redash-agent/redash-agent/internal/compose"
 	"github.com/redash-agent/redash-agent/internal/config"
@@ -40,8 +41,12 @@ func bakeLayer(given ...config.Layer) config.Layer {
 // the configured version so that boot needs no pull, then leave no
 // containers, env file, state or lock in the image. It reads no instance tags
 // and no secrets: the build instance has neither.
-func (a *Agent) PrepareImage(ctx context.Context) ([]string, error) {
-	var images []string
+//
+// It reports each image once and each file it removed with why: the
+// generated local secrets (provider local) are one host's secrets, which an
+// AMI must not carry to every instance launched from it.
+func (a *Agent) PrepareImage(ctx context.Context) (PrepareResult, error) {
+	var res PrepareResult
 	var cfg config.Config
 	err := a.step(ctx, "resolve configuration", func(ctx context.Context) error {
 		file, _, flags, err := a.localLayers()
@@ -52,13 +57,13 @@ func (a *Agent) PrepareImage(ctx context.Context) ([]string, error) {
 		return err
 	})
 	if err != nil {
-		return nil, err
+		return res, err
 	}
 	// Every role's images: the AMI serves web and worker instances alike.
 	cfg.Role = compose.RoleAll
 	st, err := desired.Build(cfg, placeholderSecrets(cfg), a.o.Dir)
 	if err != nil {
-		return nil, exitcode.ConfigError(err)
+		return res, exitcode.ConfigError(err)
 	}
 	spec := st.Spec
 	if cfg.Provider == config.ProviderLocal {
@@ -66,40 +71,67 @@ func (a *Agent) PrepareImage(ctx context.Context) ([]string, error) {
 	}
 	proj, err := compose.Project(spec)
 	if err != nil {
-		return nil, exitcode.ConfigError(fmt.Errorf("building the compose project: %w", err))
+		return res, exitcode.ConfigError(fmt.Errorf("building the compose project: %w", err))
 	}
 	eng, err := a.docker()
 	if err != nil {
-		return nil, err
+		return res, err
 	}
 	defer eng.Close()
 	d := engine.Desired{Project: proj, Env: map[string]string{}, HashKey: []byte("prepare-image")}
 	if err := a.step(ctx, "pull images", func(ctx context.Context) error { return eng.EnsureImages(ctx, d) }); err != nil {
-		return nil, err
+		return res, err
 	}
+	seen := map[string]bool{}
 	for _, s := range proj.Services {
-		images = append(images, s.Image)
+		if !seen[s.Image] {
+			seen[s.Image] = true
+			res.Images = append(res.Images, s.Image)
+		}
 	}
+	sort.Strings(res.Images)
 	err = a.step(ctx, "clean the image", func(ctx context.Context) error {
 		if err := eng.Down(ctx, proj.Name, true); err != nil {
 			return err
 		}
-		return a.removeInstanceState()
+		var err error
+		res.Removed, err = a.removeInstanceState()
+		return err
 	})
-	return images, err
+	return res, err
 }
+
+// PrepareResult is what prepare-image did: the images now present (each
+// once) and the instance files it removed.
+type PrepareResult struct {
+	Images  []string
+	Removed []RemovedFile
+}
+
+// RemovedFile is one file prepare-image deleted, and why.
+type RemovedFile struct{ Path, Why string }
 
 // removeInstanceState deletes what must never be baked into an AMI: the env
 // file (secrets), the lock, the hash key and caches, and generated secrets.
-func (a *Agent) removeInstanceState() error {
+// It returns what it removed, each with the reason, for the operator.
+func (a *Agent) removeInstanceState() ([]RemovedFile, error) {
+	var removed []RemovedFile
 	var errs []error
-	for _, p := range []string{
-		filepath.Join(a.o.Dir, compose.EnvFileName),
-		filepath.Join(a.o.Dir, compose.FileName),
-		filepath.Join(a.o.Dir, dirlock.FileName),
-	} {
-		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	remove := func(p, why string) {
+		err := os.RemoveAll(p)
+		if _, statErr := os.Lstat(p); err == nil && errors.Is(statErr, fs.ErrNotExist) {
+			removed = append(removed, RemovedFile{p, why})
+		} else if err != nil {
 			errs = append(errs, fmt.Errorf("removing %q: %w", p, err))
+		}
+	}
+	for _, f := range []RemovedFile{
+		{filepath.Join(a.o.Dir, compose.EnvFileName), "this host's rendered settings and secrets"},
+		{filepath.Join(a.o.Dir, compose.FileName), "rendered for this host; every instance renders its own at boot"},
+		{filepath.Join(a.o.Dir, dirlock.FileName), "a lock file: an image carries none"},
+	} {
+		if _, err := os.Lstat(f.Path); err == nil {
+			remove(f.Path, f.Why)
 		}
 	}
 	entries, err := os.ReadDir(a.o.StateDir)
@@ -108,11 +140,17 @@ func (a *Agent) removeInstanceState() error {
 	}
 	for _, e := range entries {
 		p := filepath.Join(a.o.StateDir, e.Name())
-		if err := os.RemoveAll(p); err != nil {
-			errs = append(errs, fmt.Errorf("removing %q: %w", p, err))
+		why := "state of this host: every instance makes its own"
+		switch p {
+		case a.localSecrets():
+			why = "secrets generated for this host (provider local): an AMI must not give every instance the same secrets; " +
+				"each instance generates its own. A database set up with them on this host needs them: restore from a backup if that was wanted"
+		case a.hashKeyPath():
+			why = "this host's config-hash key: every instance makes its own"
 		}
+		remove(p, why)
 	}
-	return errors.Join(errs...)
+	return removed, errors.Join(errs...)
 }
 
 // placeholderSecrets satisfies desired.Build without fetching anything: the

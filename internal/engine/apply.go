@@ -100,6 +100,9 @@ func (e *Engine) Apply(ctx context.Context, d Desired, p Plan, stage Stage) erro
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
+		if stage == StageImages && ctx.Err() == nil {
+			err = missingImages(d, p, errs) // every image at once, with its key
+		}
 		log.Error("[failed] applying", "err", err)
 		return err
 	}
@@ -436,7 +439,7 @@ func (e *Engine) pull(ctx context.Context, ref string) error {
 		err = drainPull(rc)
 	}
 	if err != nil {
-		return fmt.Errorf("pulling missing image %q: %w: bake it into the AMI (prepare-image) or check redash:image and registry access", ref, err)
+		return fmt.Errorf("pulling missing image %q: %w", ref, err)
 	}
 	return nil
 }

@@ -31,9 +31,16 @@ func (e *Engine) lock(ctx context.Context, project string) (func(), error) {
 	if dir == "" {
 		dir = os.TempDir()
 	}
+	// A fresh state directory (a first `down`) has not been made yet.
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating the lock directory %q: %w: create it writable by the agent or pass --state-dir", dir, err)
+	}
 	path := filepath.Join(dir, "redash-agent-engine-"+project+".lock")
 	l := flock.New(path, flock.SetPermissions(0o600))
 	ok, err := l.TryLockContext(ctx, 50*time.Millisecond)
+	if err != nil && ctx.Err() == nil {
+		return nil, fmt.Errorf("locking %q: %w", path, err)
+	}
 	if err != nil || !ok {
 		return nil, fmt.Errorf("locking %q: %v: another redash-agent is converging project %q; wait for it or stop it", path, err, project)
 	}

@@ -335,6 +335,25 @@ type run struct {
 
 	mu       sync.Mutex
 	tokenErr error // why the last token fetch failed, see retryer.judge
+	hinted   bool  // the off-EC2 hint is logged once per call
+}
+
+// OffEC2Hint is how to run the agent where no metadata service answers.
+const OffEC2Hint = "not on EC2? run `redash-agent up --provider local` (or put `provider: local` in /etc/redash-agent/config.yaml) " +
+	"to run Redash on any Docker host without AWS"
+
+// hintNoAnswer logs, at the first attempt nothing answered, that no
+// metadata service answers and how to run off EC2. The retries go on: at
+// boot IMDS can answer late, and the full deadline is kept for that.
+func (r *run) hintNoAnswer(cause error) {
+	r.mu.Lock()
+	first := !r.hinted
+	r.hinted = true
+	r.mu.Unlock()
+	if first {
+		r.c.log.Warn("no EC2 instance metadata service answers at "+r.c.endpoint+"; retrying until the deadline, as a metadata service "+
+			"can be slow at boot; "+OffEC2Hint, "endpoint", r.c.endpoint, "cause", cause.Error(), "deadline", r.c.deadline)
+	}
 }
 
 func (r *run) since() time.Duration { return time.Since(r.start).Round(time.Millisecond) }
@@ -489,6 +508,9 @@ func (t *retryer) RetryDelay(attempt int, err error) (time.Duration, error) {
 	if dl, _ := t.ctx.Deadline(); t.ctx.Err() != nil || time.Until(dl) <= delay {
 		return 0, t.end(t.r.giveUp(attempt, t.path, cause))
 	}
+	if v == retry && !errors.As(cause, new(*statusError)) {
+		t.r.hintNoAnswer(cause)
+	}
 	t.r.c.log.Warn("IMDS request failed; retrying",
 		"attempt", attempt, "path", t.path, "cause", cause.Error(), "next_delay", delay)
 	return delay, nil
@@ -517,8 +539,8 @@ func (r *run) giveUp(attempts int, path string, last error) error {
 		return fmt.Errorf("reading %s from %s: %w (last cause: %v)", path, r.c.endpoint, err, last)
 	}
 	return fmt.Errorf("reading %s from the metadata endpoint %s: gave up after %d attempt(s) in %s "+
-		"(is this an EC2 instance with its metadata service enabled? set %s to use another endpoint): %w",
-		path, r.c.endpoint, attempts, r.since(), EndpointEnv, last)
+		"(is this an EC2 instance with its metadata service enabled? set %s to use another endpoint; %s): %w",
+		path, r.c.endpoint, attempts, r.since(), EndpointEnv, OffEC2Hint, last)
 }
 
 // callerEnded returns the caller's context error when the caller, not our

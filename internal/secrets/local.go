@@ -26,6 +26,10 @@ import (
 // changes exactly when the value does and the config hash stays stable.
 type LocalStore struct {
 	Path string // e.g. /var/lib/redash-agent/local-secrets.json
+	// ReadOnly makes Fetch read the file only: a secret it lacks is
+	// generated in memory and not saved, and no directory, lock file or mode
+	// is changed (render --dry-run must write nothing).
+	ReadOnly bool
 }
 
 // localLength is the length of generated secrets: 32 alphanumerics, as
@@ -55,17 +59,19 @@ func (s *LocalStore) Fetch(ctx context.Context, refs []Ref) (map[string]Secret, 
 	if err := validateLocalRefs(refs); err != nil {
 		return nil, err
 	}
-	dir := filepath.Dir(s.Path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("creating directory %q for local secrets: %w: create it writable by the agent", dir, err)
+	if !s.ReadOnly {
+		dir := filepath.Dir(s.Path)
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("creating directory %q for local secrets: %w: create it writable by the agent", dir, err)
+		}
+		// Two agent commands started together must not both generate and
+		// hand out different first values.
+		lock := flock.New(s.Path + ".lock")
+		if _, err := lock.TryLockContext(ctx, 50*time.Millisecond); err != nil {
+			return nil, fmt.Errorf("locking %q: %w: is another redash-agent stuck?", s.Path+".lock", err)
+		}
+		defer lock.Unlock()
 	}
-	// Two agent commands started together must not both generate and
-	// hand out different first values.
-	lock := flock.New(s.Path + ".lock")
-	if _, err := lock.TryLockContext(ctx, 50*time.Millisecond); err != nil {
-		return nil, fmt.Errorf("locking %q: %w: is another redash-agent stuck?", s.Path+".lock", err)
-	}
-	defer lock.Unlock()
 
 	f, err := s.load()
 	if err != nil {
@@ -94,6 +100,9 @@ func (s *LocalStore) Fetch(ctx context.Context, refs []Ref) (map[string]Secret, 
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
+	}
+	if s.ReadOnly {
+		return got, nil
 	}
 	if changed {
 		data, err := json.MarshalIndent(f, "", "  ")

@@ -93,7 +93,7 @@ func DockerClient(t testing.TB) *client.Client {
 // process and an image FROM scratch containing /fakeredash as ENTRYPOINT, the
 // given CMD (default ["server"]) and ENV lines, through the Docker Engine API
 // ImageBuild with a tar context made in memory. Nothing is pulled. Returns the
-// image ID. Idempotent per (Tag, Cmd, Env) within a process; safe to call
+// image ID. Idempotent per (daemon, Tag, Cmd, Env) within a process; safe to call
 // from parallel tests.
 func BuildFakeImage(t testing.TB, img FakeImage) string {
 	t.Helper()
@@ -109,7 +109,8 @@ func BuildFakeImage(t testing.TB, img FakeImage) string {
 	}
 	cli := DockerClient(t)
 
-	key := img.Tag + "\x00" + dockerfile
+	// Per daemon: a test on a private dockerd needs its own copy.
+	key := cli.DaemonHost() + "\x00" + img.Tag + "\x00" + dockerfile
 	imagesMu.Lock()
 	b, ok := images[key]
 	if !ok {

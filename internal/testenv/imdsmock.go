@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -40,7 +41,8 @@ type IMDSMock struct {
 // paths, re-pointed at our keys), so at most two tags are possible; with
 // none, the tag listing answers 404 like an instance without metadata tags.
 // The mock's token table is not safe for concurrent use: don't share one
-// mock between parallel tests.
+// mock between parallel tests. Its listings are requested once here, so
+// several agents of one test may list them at once.
 func StartIMDSMock(t testing.TB, tags map[string]string) *IMDSMock {
 	t.Helper()
 	bin := RequireTool(t, "ec2-metadata-mock",
@@ -101,6 +103,7 @@ func startIMDSMockOnce(t testing.TB, bin, cfgPath, dir string, port, try int) (*
 		}
 		if imdsMockAnswers(hc, m.Endpoint) {
 			t.Cleanup(stop)
+			primeIMDSMockListings(hc, m.Endpoint)
 			return m, nil
 		}
 		if time.Now().After(deadline) {
@@ -125,6 +128,41 @@ func imdsMockAnswers(hc *http.Client, endpoint string) bool {
 	}
 	resp.Body.Close()
 	return resp.StatusCode == http.StatusOK
+}
+
+// imdsMockListings are the listing paths the agent reads: its tags, and the
+// role the SDK's credential chain looks up.
+var imdsMockListings = []string{"tags/instance", "iam/security-credentials", "iam/security-credentials/"}
+
+// primeIMDSMockListings asks for each listing once, before any test does.
+// ec2-metadata-mock v1.13.0 builds a listing on its first request and stores
+// it in a map without a lock (handlers.CatchAllHandler): several agents
+// listing at once could crash the mock in a data race of its own. After one
+// request per path the listings are only read. A failure here is left for
+// the test's own requests to report.
+func primeIMDSMockListings(hc *http.Client, endpoint string) {
+	req, err := http.NewRequest(http.MethodPut, endpoint+"/latest/api/token", nil)
+	if err != nil {
+		return
+	}
+	req.Header.Set("X-aws-ec2-metadata-token-ttl-seconds", "60")
+	resp, err := hc.Do(req)
+	if err != nil {
+		return
+	}
+	token, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, path := range imdsMockListings {
+		req, err := http.NewRequest(http.MethodGet, endpoint+"/latest/meta-data/"+path, nil)
+		if err != nil {
+			continue
+		}
+		req.Header.Set("X-aws-ec2-metadata-token", string(token))
+		if resp, err := hc.Do(req); err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+	}
 }
 
 // imdsMockConfig renders the mock's -c JSON. The mock merges it over its

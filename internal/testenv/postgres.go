@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
@@ -39,8 +40,20 @@ const (
 // accept the test role's login within a few seconds.
 func Postgres(t testing.TB) PG {
 	t.Helper()
+	host := os.Getenv("PGTEST_HOST")
+	if host == "" {
+		gw, err := pgDockerGateway()
+		if err != nil {
+			// Falling back to 127.0.0.1 would pass here and fail later, in
+			// a container, as a misleading "connection refused".
+			Unavailable(t, "the docker0 bridge address where containers reach the test PostgreSQL ("+err.Error()+")",
+				"start Docker so docker0 has an IPv4 address, or set PGTEST_HOST to an address containers can reach")
+			return PG{}
+		}
+		host = gw
+	}
 	p := PG{
-		Host:     pgEnvOr("PGTEST_HOST", pgDockerGateway()),
+		Host:     host,
 		Port:     5432,
 		User:     pgEnvOr("PGTEST_USER", pgDefaultUser),
 		Password: pgEnvOr("PGTEST_PASSWORD", pgDefaultPassword),
@@ -133,22 +146,22 @@ func (p PG) NewDatabase(t testing.TB) string {
 }
 
 // pgDockerGateway is the IPv4 address of docker0, where containers reach the
-// host; 127.0.0.1 when there is no docker0 (host-only tests still work).
-func pgDockerGateway() string {
+// host, or why there is none.
+func pgDockerGateway() (string, error) {
 	ifc, err := net.InterfaceByName("docker0")
 	if err != nil {
-		return "127.0.0.1"
+		return "", fmt.Errorf("no docker0 interface: %w", err)
 	}
 	addrs, err := ifc.Addrs()
 	if err != nil {
-		return "127.0.0.1"
+		return "", fmt.Errorf("reading the addresses of docker0: %w", err)
 	}
 	for _, a := range addrs {
 		if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil {
-			return n.IP.String()
+			return n.IP.String(), nil
 		}
 	}
-	return "127.0.0.1"
+	return "", errors.New("docker0 has no IPv4 address")
 }
 
 func pgEnvOr(key, def string) string {
