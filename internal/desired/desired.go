@@ -34,6 +34,8 @@ type State struct {
 	Env  map[string]string // the env file: plaintext secrets live only here
 	Spec compose.Spec
 	DB   DB
+	// Redis is how the agent reaches the workers' Redis (readiness).
+	Redis RedisConn
 }
 
 // Bundled service endpoints for provider local.
@@ -110,7 +112,7 @@ func Build(cfg config.Config, got map[string]secrets.Secret, dir string) (State,
 		ServerPort:    cfg.ServerPort,
 		NginxPort:     cfg.NginxPort,
 	}
-	return State{Env: env, Spec: spec, DB: db}, nil
+	return State{Env: env, Spec: spec, DB: db, Redis: redisConn(cfg, got)}, nil
 }
 
 func database(cfg config.Config, got map[string]secrets.Secret, need func(string) secrets.Value) (DB, error) {

@@ -2,7 +2,9 @@ package desired
 
 import (
 	"fmt"
+	"net"
 	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/redash-agent/redash-agent/internal/compose"
@@ -129,4 +131,43 @@ func rawUnsafe(s string) string {
 		return ""
 	}
 	return "the characters " + strings.Join(names, ", ")
+}
+
+// RedisConn is how the agent itself reaches the Redis the workers use (to
+// read the queue system's registry), taken from the configuration, not by
+// parsing the URL written for Redash. Addr is "" for the bundled redis: its
+// address is the container's, known only once it runs.
+type RedisConn struct {
+	Addr     string // host:port
+	DB       int
+	TLS      bool
+	Username string
+	Password secrets.Value
+}
+
+func redisConn(cfg config.Config, got map[string]secrets.Secret) RedisConn {
+	var c RedisConn
+	switch {
+	case cfg.RedisEndpoint != "":
+		c.Addr = cfg.RedisEndpoint
+	case cfg.RedisURL != "":
+		u, err := url.Parse(cfg.RedisURL)
+		if err != nil {
+			return c // redisURLs reports it
+		}
+		c.TLS = u.Scheme == "rediss"
+		c.Addr = u.Host
+		if u.Port() == "" {
+			c.Addr = net.JoinHostPort(u.Hostname(), "6379")
+		}
+		c.DB, _ = strconv.Atoi(strings.TrimPrefix(u.Path, "/"))
+		if u.User != nil {
+			p, _ := u.User.Password()
+			c.Username, c.Password = u.User.Username(), secrets.NewValue(p)
+		}
+	}
+	if s, ok := got[secrets.RedisAuth]; ok && !s.Value.IsZero() {
+		c.Username, c.Password = "", s.Value
+	}
+	return c
 }
