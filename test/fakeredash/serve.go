@@ -55,6 +55,9 @@ func serve(cmd string, args []string) int {
 		return 1
 	case "server", "worker", "scheduler", "nginx":
 	default:
+		if code, ok := healthcheck(cmd); ok {
+			return code
+		}
 		fmt.Fprintf(os.Stderr, "fakeredash: unknown command %q\n%s\n", cmd, usage)
 		return 2
 	}
@@ -77,8 +80,10 @@ func serve(cmd string, args []string) int {
 	case "nginx":
 		upstream, _ := url.Parse(nginxUpstream)
 		err = listenAndServe(ctx, nginxAddr, nginxHandler(upstream))
-	default: // worker, scheduler: idle until told to stop, like an empty queue
-		<-ctx.Done()
+	default: // worker, scheduler: against Redis (worker.go), else idle like an empty queue
+		if !runBackground(ctx, cmd) {
+			<-ctx.Done()
+		}
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "fakeredash: %s: %v\n", cmd, err)
