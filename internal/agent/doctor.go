@@ -16,8 +16,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/redash-agent/redash-agent/internal/compose"
 	"github.com/redash-agent/redash-agent/internal/dirlock"
 	"github.com/redash-agent/redash-agent/internal/doctor"
@@ -26,6 +24,7 @@ import (
 	"github.com/redash-agent/redash-agent/internal/exitcode"
 	"github.com/redash-agent/redash-agent/internal/imds"
 	"github.com/redash-agent/redash-agent/internal/migrate"
+	"github.com/redash-agent/redash-agent/internal/queues"
 	"github.com/redash-agent/redash-agent/internal/secrets"
 )
 
@@ -231,18 +230,16 @@ func checkRedis(ctx context.Context, r Rendered) doctor.Result {
 	if r.State.Spec.Local {
 		return doctor.Result{Status: doctor.Skip, Detail: "bundled redis: checked through its container"}
 	}
-	opt, err := redis.ParseURL(r.State.Env["REDASH_REDIS_URL"])
-	if err != nil {
-		// The URL may hold the auth token: name the setting, not the value.
-		return doctor.Result{Status: doctor.Fail, Detail: "REDASH_REDIS_URL is not a valid redis URL", Fix: "check redash:redis-endpoint / redash:redis-url"}
-	}
-	opt.DialTimeout, opt.ReadTimeout = 5*time.Second, 5*time.Second
-	c := redis.NewClient(opt)
+	// From the configuration, not REDASH_REDIS_URL: 8.x-10.x carry the
+	// password raw there, which a URL parser would misread.
+	rc := r.State.Redis
+	addr := rc.Addr
+	c := queues.Open(queues.Conn{Addr: addr, DB: rc.DB, TLS: rc.TLS, Username: rc.Username, Password: rc.Password.Reveal()})
 	defer c.Close()
-	if err := c.Ping(ctx).Err(); err != nil {
-		return doctor.Result{Status: doctor.Fail, Detail: fmt.Sprintf("redis at %s does not answer PING: %v", opt.Addr, err), Fix: "check the ElastiCache security group allows this instance on " + opt.Addr + " and the redis-auth secret"}
+	if err := c.Ping(ctx); err != nil {
+		return doctor.Result{Status: doctor.Fail, Detail: fmt.Sprintf("redis does not answer PING: %v", err), Fix: "check the ElastiCache security group allows this instance on " + addr + " and the redis-auth secret"}
 	}
-	return doctor.Result{Status: doctor.OK, Detail: "redis at " + opt.Addr + " answers PING"}
+	return doctor.Result{Status: doctor.OK, Detail: "redis at " + addr + " answers PING"}
 }
 
 func (a *Agent) checkContainers(ctx context.Context, r Rendered, eng *engine.Engine) doctor.Result {
