@@ -114,3 +114,18 @@ func redisQuote(s string) string {
 	b.WriteByte('"')
 	return b.String()
 }
+
+// RedisImage builds redash-agent-test/redis:host, the host's redis-server
+// FROM scratch, serving without a password on 6379 like the official
+// image's default, for provider local.
+func RedisImage(t testing.TB) string {
+	t.Helper()
+	bin := RequireTool(t, "redis-server", redisHint)
+	if bin == "" {
+		return ""
+	}
+	// Not resolved: redis-server is a link to redis-check-rdb, which picks
+	// its role from argv[0]; the image holds the content under this name.
+	return BuildHostBinaryImage(t, "redash-agent-test/redis:host", []string{bin}, nil,
+		[]string{bin, "--bind", "0.0.0.0", "--port", "6379", "--protected-mode", "no", "--save", "", "--appendonly", "no", "--dir", "/tmp"})
+}
