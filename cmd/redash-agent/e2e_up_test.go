@@ -58,12 +58,15 @@ func redashImage(t *testing.T, tag, head string, extra ...string) string {
 	return tag
 }
 
-func newStack(t *testing.T) *stack {
+func newStack(t *testing.T) *stack { t.Helper(); return newStackTags(t, seedTags) }
+
+// newStackTags is newStack on an instance with the given tags.
+func newStackTags(t *testing.T, tags map[string]string) *stack {
 	t.Helper()
 	dc := testenv.DockerClient(t)
 	pg := testenv.Postgres(t)
 	s := &stack{
-		fixture:    newFixture(t, seedTags),
+		fixture:    newFixture(t, tags),
 		project:    fmt.Sprintf("rae2e%d", time.Now().UnixNano()%1_000_000_000),
 		serverPort: testenv.FreePort(t),
 		nginxPort:  testenv.FreePort(t),
