@@ -159,13 +159,9 @@ func (e *Engine) waitFor(ctx context.Context, d Desired, services []string) erro
 }
 
 func runningService(project, name string, c container.InspectResponse) RunningService {
-	r := RunningService{Project: project, Service: name, ID: c.ID, Name: strings.TrimPrefix(c.Name, "/"), Env: map[string]string{}}
+	r := RunningService{Project: project, Service: name, ID: c.ID, Name: strings.TrimPrefix(c.Name, "/")}
 	if c.Config != nil {
 		r.Hostname, r.Entrypoint = c.Config.Hostname, c.Config.Entrypoint
-		for _, kv := range c.Config.Env {
-			k, v, _ := strings.Cut(kv, "=")
-			r.Env[k] = v
-		}
 	}
 	return r
 }
