@@ -50,7 +50,7 @@ func pyURLSplit(url string) (pyURL, error) {
 		}
 		u.netloc, url = url[2:end], url[end:]
 		if strings.Contains(u.netloc, "[") != strings.Contains(u.netloc, "]") {
-			return u, errors.New("Invalid IPv6 URL")
+			return u, errors.New("invalid IPv6 URL")
 		}
 	}
 	url, u.fragment, _ = strings.Cut(url, "#")
@@ -74,10 +74,10 @@ func pyURLSplit(url string) (pyURL, error) {
 	if port != "" {
 		n, err := strconv.Atoi(port)
 		if err != nil || n < 0 || strings.TrimLeft(port, "0123456789") != "" {
-			return u, fmt.Errorf("Port could not be cast to integer value as %q", port)
+			return u, fmt.Errorf("port could not be cast to integer value as %q", port)
 		}
 		if n > 65535 {
-			return u, errors.New("Port out of range 0-65535")
+			return u, errors.New("port out of range 0-65535")
 		}
 		u.port = n
 	}

@@ -112,6 +112,12 @@ func runBackground(ctx context.Context, cmd string) bool {
 			wg.Add(1)
 			go func() { defer wg.Done(); rqWorker(ctx, redisURL, kind, queues) }()
 		}
+		go func() {
+			<-ctx.Done()
+			if jobRunning() {
+				fmt.Fprintln(os.Stderr, "fakeredash: warm shutdown: waiting for the running job(s) to finish")
+			}
+		}()
 	}
 	wg.Wait()
 	if cmd == "scheduler" && !f.plain() {
