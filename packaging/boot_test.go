@@ -286,12 +286,12 @@ func TestBootUnderSystemd(t *testing.T) {
 	testenv.BuildFakeImage(t, testenv.FakeImage{Tag: redash, Env: map[string]string{"FAKEREDASH_HEAD": "rev1"}})
 	nginx := "redash-agent-test/nginx:" + tag
 	testenv.BuildFakeImage(t, testenv.FakeImage{Tag: nginx, Cmd: []string{"nginx"}})
-	// The bundled postgres and redis only have to stay up: local mode checks
-	// the server's /ping, and the stand-in server needs neither.
+	// The bundled postgres only has to stay up (the stand-in server needs
+	// none); redis is a real one (the host's redis-server), because READY
+	// waits for the workers to register their queues in it.
 	postgres := "redash-agent-test/postgres:" + tag
 	testenv.BuildFakeImage(t, testenv.FakeImage{Tag: postgres, Cmd: []string{"worker"}})
-	redis := "redash-agent-test/redis:" + tag
-	testenv.BuildFakeImage(t, testenv.FakeImage{Tag: redis, Cmd: []string{"worker"}})
+	redis := testenv.RedisImage(t)
 
 	b := &booted{
 		t:       t,

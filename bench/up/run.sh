@@ -21,7 +21,7 @@
 # docs/bench-up.md reports a run.
 #
 # Usage: [AGENT_BIN=path] bench/up/run.sh [RUNS]    (RUNS per side, default 5)
-# Needs: go, docker (CLI + Engine), docker-compose 1.29, GNU time
+# Needs: go, docker (CLI + Engine), docker-compose 1.29, redis-server, GNU time
 #        (/usr/bin/time; apt-get install -y time), curl; host ports 10080 and
 #        15000 free (agent.yaml publishes them).
 # Side effects: builds images redash-agent-bench/{redash:25.1.0,nginx:latest,
@@ -66,7 +66,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # --- images: the fake Redash (test/fakeredash) FROM scratch, as the tests
-# build them. postgres and redis run the idle "worker" role.
+# build them. postgres runs the idle "worker" role; redis is real (below).
 mkdir -p "$TMP/ctx/tmp"
 (cd "$REPO" && CGO_ENABLED=0 go build -trimpath -ldflags='-s -w -buildid=' -o "$TMP/ctx/fakeredash" ./test/fakeredash)
 build_image() { # TAG CMD
@@ -78,7 +78,23 @@ build_image() { # TAG CMD
 build_image "${IMAGES[0]}" server
 build_image "${IMAGES[1]}" nginx
 build_image "${IMAGES[2]}" worker
-build_image "${IMAGES[3]}" worker
+# redis is the host's real redis-server (and its ldd libraries) FROM
+# scratch, as testenv.RedisImage builds it: the agent's READY waits for the
+# workers to register their queues in it.
+build_redis_image() { # TAG
+	local bin ctx=$TMP/redis-ctx
+	bin=$(command -v redis-server) || die "redis-server not found: apt-get install -y redis-server"
+	mkdir -p "$ctx/root/tmp" "$ctx/root$(dirname "$bin")"
+	cp -L "$bin" "$ctx/root$bin" # keeps the name: redis-server picks its role from argv[0]
+	ldd "$bin" | grep -o '/[^ ]* (0x' | sed 's/ (0x$//' | while read -r lib; do
+		mkdir -p "$ctx/root$(dirname "$lib")"
+		cp -L "$lib" "$ctx/root$lib"
+	done
+	printf 'FROM scratch\nCOPY root/ /\nCMD ["%s", "--bind", "0.0.0.0", "--port", "6379", "--protected-mode", "no", "--save", "", "--appendonly", "no", "--dir", "/tmp"]\n' "$bin" >"$ctx/Dockerfile"
+	DOCKER_BUILDKIT=0 docker build -q -t "$1" "$ctx" >"$TMP/build.log" 2>&1 ||
+		{ cat "$TMP/build.log" >&2; die "building image $1"; }
+}
+build_redis_image "${IMAGES[3]}"
 
 # --- the programs, and the one compose file.
 (cd "$REPO" && go build -o "$TMP/floor" ./bench/up/floor)

@@ -44,27 +44,6 @@ type localStack struct {
 	noIMDS     string // a loopback endpoint where nothing listens
 }
 
-// hostRedisImage is redis-server from the host in an image FROM scratch.
-// H2 builds the shared testenv redis image; the integrator should switch
-// this to it (and drop this helper) when both land.
-func hostRedisImage(t *testing.T) string {
-	t.Helper()
-	const bin = "/usr/bin/redis-server"
-	if _, err := os.Stat(bin); err != nil {
-		testenv.Unavailable(t, "redis-server on the host (for the redis test image)", "apt-get install redis-server")
-	}
-	const tag = "redash-agent-test/redis:host"
-	testenv.BuildHostImage(t, testenv.HostImage{
-		Tag:      tag,
-		Binaries: []string{bin},
-		Dirs:     []testenv.HostDir{{Path: "/data", UID: 999, GID: 999}},
-		Command:  []string{bin, "--bind", "0.0.0.0", "--protected-mode", "no", "--save", "", "--appendonly", "no", "--dir", "/data"},
-		User:     "999:999",
-		Ports:    []string{"6379/tcp"},
-	})
-	return tag
-}
-
 func newLocalStack(t *testing.T) *localStack {
 	t.Helper()
 	root := t.TempDir()
@@ -81,7 +60,7 @@ func newLocalStack(t *testing.T) *localStack {
 	redashImage(t, "redash-agent-test/redash:local-r2", "lrev2")
 	testenv.BuildFakeImage(t, testenv.FakeImage{Tag: "redash-agent-test/nginx:latest", Cmd: []string{"nginx"}})
 	testenv.PostgresImage(t)
-	hostRedisImage(t)
+	testenv.RedisImage(t)
 	s.writeConfig("redash-agent-test/redash:local-r1")
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

@@ -12,7 +12,6 @@ import (
 	"io"
 	"maps"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -39,7 +38,14 @@ type stack struct {
 	nginxPort  int
 	docker     *client.Client
 	pgDB       string
+	// redis is the stack's own Redis with AUTH; redisConfig is how the
+	// config names it (redis-endpoint and the redis-auth secret).
+	redis       testenv.RedisServer
+	redisConfig string
 }
+
+// redisAuthSecret is the secret ID of the stacks' redis-auth token.
+const redisAuthSecret = "Redash/Redis/Auth"
 
 // redashImage builds a fake Redash image whose schema head is head; extra
 // env (e.g. FAKEREDASH_UPGRADE_SLEEP) is baked in as well.
@@ -52,12 +58,15 @@ func redashImage(t *testing.T, tag, head string, extra ...string) string {
 	return tag
 }
 
-func newStack(t *testing.T) *stack {
+func newStack(t *testing.T) *stack { t.Helper(); return newStackTags(t, seedTags) }
+
+// newStackTags is newStack on an instance with the given tags.
+func newStackTags(t *testing.T, tags map[string]string) *stack {
 	t.Helper()
 	dc := testenv.DockerClient(t)
 	pg := testenv.Postgres(t)
 	s := &stack{
-		fixture:    newFixture(t, seedTags),
+		fixture:    newFixture(t, tags),
 		project:    fmt.Sprintf("rae2e%d", time.Now().UnixNano()%1_000_000_000),
 		serverPort: testenv.FreePort(t),
 		nginxPort:  testenv.FreePort(t),
@@ -66,6 +75,10 @@ func newStack(t *testing.T) *stack {
 	}
 	s.moto.Put(t, "Redash/RDS/User", pg.User)
 	s.moto.Put(t, "Redash/RDS/Password", pg.Password)
+	// Workers must reach a live consumer registry before READY.
+	s.redis = testenv.Redis(t)
+	s.moto.Put(t, redisAuthSecret, s.redis.Password)
+	s.redisConfig = fmt.Sprintf("redis-endpoint: %s\nsecret:redis-auth: %s\n", s.redis.Addr(), redisAuthSecret)
 	redashImage(t, "redash-agent-test/redash:v1", "rev1")
 	testenv.BuildFakeImage(t, testenv.FakeImage{Tag: "redash-agent-test/nginx:latest", Cmd: []string{"nginx"}})
 	s.writeConfig("redash-agent-test/redash:v1", fmt.Sprintf("db-endpoint: %s:%d\ndb-name: %s\n", pg.Host, pg.Port, s.pgDB))
@@ -88,8 +101,7 @@ image: %s
 nginx-image: redash-agent-test/nginx:latest
 server-port: %d
 nginx-port: %d
-redis-endpoint: redis.invalid:6379
-%s`, s.project, image, s.serverPort, s.nginxPort, extra)
+%s%s`, s.project, image, s.serverPort, s.nginxPort, s.redisConfig, extra)
 	if err := os.WriteFile(s.config, []byte(cfg), 0o644); err != nil {
 		s.t.Fatal(err)
 	}
@@ -405,35 +417,11 @@ services:
 	}
 }
 
-// startRedis runs a throwaway redis-server on a loopback port.
-func startRedis(t *testing.T) string {
-	t.Helper()
-	bin := testenv.RequireTool(t, "redis-server", "apt-get install redis-server")
-	port := testenv.FreePort(t)
-	cmd := exec.Command(bin, "--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	for i := 0; i < 50; i++ {
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			return addr
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("redis-server did not listen on %s", addr)
-	return ""
-}
-
 func TestDoctorAndPrepareImage(t *testing.T) {
 	s := newStack(t)
-	redisAddr := startRedis(t)
-	s.writeConfig("redash-agent-test/redash:v1", fmt.Sprintf("db-endpoint: %s\ndb-name: %s\nredis-url: redis://%s/0\n", pgEndpoint(t), s.pgDB, redisAddr))
-	// writeConfig also sets redis-endpoint; the url is what this test wants.
-	cfg, _ := os.ReadFile(s.config)
-	os.WriteFile(s.config, []byte(strings.Replace(string(cfg), "redis-endpoint: redis.invalid:6379\n", "", 1)), 0o644)
+	// redis-url instead of redis-endpoint: doctor must read it too.
+	s.redisConfig = fmt.Sprintf("redis-url: redis://%s/0\nsecret:redis-auth: %s\n", s.redis.Addr(), redisAuthSecret)
+	s.writeConfig("redash-agent-test/redash:v1", fmt.Sprintf("db-endpoint: %s\ndb-name: %s\n", pgEndpoint(t), s.pgDB))
 	s.up(t)
 
 	stdout, stderr, code := s.run("doctor")

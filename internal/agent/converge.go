@@ -323,7 +323,7 @@ func (a *Agent) desired(r Rendered) (engine.Desired, error) {
 	if err != nil {
 		return engine.Desired{}, err
 	}
-	return engine.Desired{Project: r.Project, Env: r.State.Env, HashKey: key}, nil
+	return engine.Desired{Project: r.Project, Env: r.State.Env, HashKey: key, Ready: readiness(r)}, nil
 }
 
 // hashKey is the host-local key that secrets enter the config hash under:

@@ -16,8 +16,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/redash-agent/redash-agent/internal/compose"
 	"github.com/redash-agent/redash-agent/internal/config"
 	"github.com/redash-agent/redash-agent/internal/dirlock"
@@ -27,6 +25,7 @@ import (
 	"github.com/redash-agent/redash-agent/internal/exitcode"
 	"github.com/redash-agent/redash-agent/internal/imds"
 	"github.com/redash-agent/redash-agent/internal/migrate"
+	"github.com/redash-agent/redash-agent/internal/queues"
 	"github.com/redash-agent/redash-agent/internal/secrets"
 )
 
@@ -261,32 +260,30 @@ func localDatabaseResult(r Rendered, state string) doctor.Result {
 	}
 }
 
+// checkRedis pings Redis the way the agent reaches it: from the
+// configuration, not REDASH_REDIS_URL (8.x-10.x carry the password raw
+// there, which a URL parser would misread); the bundled redis of provider
+// local publishes no port, so it is pinged at its container's address on
+// the project network.
 func checkRedis(ctx context.Context, r Rendered, eng *engine.Engine) doctor.Result {
-	url := r.State.Env["REDASH_REDIS_URL"]
-	where := "the ElastiCache security group allows this instance on %s and the redis-auth secret"
+	rc := r.State.Redis
+	addr := rc.Addr
+	where := "the ElastiCache security group allows this instance on " + addr + " and the redis-auth secret"
 	if r.State.Spec.Local {
-		// The bundled redis publishes no port: ping it at its container's
-		// address on the project network.
 		name := r.Project.Name + "-" + compose.RedisService + "-1"
 		ip, err := eng.ServiceAddress(ctx, r.Project.Name, compose.RedisService)
 		if err != nil {
 			return doctor.Result{Status: doctor.Fail, Detail: "bundled redis: " + err.Error(), Fix: "start it with `sudo redash-agent up --provider local`; `docker logs " + name + "` says why it stopped"}
 		}
-		url = "redis://" + net.JoinHostPort(ip, "6379") + "/0"
-		where = "that container " + name + " runs redis on %s (`docker logs " + name + "`)"
+		addr = net.JoinHostPort(ip, "6379")
+		where = "that container " + name + " runs redis on " + addr + " (`docker logs " + name + "`)"
 	}
-	opt, err := redis.ParseURL(url)
-	if err != nil {
-		// The URL may hold the auth token: name the setting, not the value.
-		return doctor.Result{Status: doctor.Fail, Detail: "REDASH_REDIS_URL is not a valid redis URL", Fix: "check redash:redis-endpoint / redash:redis-url"}
-	}
-	opt.DialTimeout, opt.ReadTimeout = 5*time.Second, 5*time.Second
-	c := redis.NewClient(opt)
+	c := queues.Open(queues.Conn{Addr: addr, DB: rc.DB, TLS: rc.TLS, Username: rc.Username, Password: rc.Password.Reveal()})
 	defer c.Close()
-	if err := c.Ping(ctx).Err(); err != nil {
-		return doctor.Result{Status: doctor.Fail, Detail: fmt.Sprintf("redis at %s does not answer PING: %v", opt.Addr, err), Fix: "check " + fmt.Sprintf(where, opt.Addr)}
+	if err := c.Ping(ctx); err != nil {
+		return doctor.Result{Status: doctor.Fail, Detail: fmt.Sprintf("redis at %s does not answer PING: %v", addr, err), Fix: "check " + where}
 	}
-	return doctor.Result{Status: doctor.OK, Detail: "redis at " + opt.Addr + " answers PING"}
+	return doctor.Result{Status: doctor.OK, Detail: "redis at " + addr + " answers PING"}
 }
 
 func (a *Agent) checkContainers(ctx context.Context, r Rendered, eng *engine.Engine) doctor.Result {

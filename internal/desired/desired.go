@@ -34,6 +34,8 @@ type State struct {
 	Env  map[string]string // the env file: plaintext secrets live only here
 	Spec compose.Spec
 	DB   DB
+	// Redis is how the agent reaches the workers' Redis (readiness).
+	Redis RedisConn
 }
 
 // Bundled service endpoints for provider local.
@@ -62,7 +64,10 @@ func Build(cfg config.Config, got map[string]secrets.Secret, dir string) (State,
 	if err != nil {
 		errs = append(errs, err)
 	}
-	redisURL := redis(cfg, got)
+	redisURLs, err := redisURLs(cfg, got)
+	if err != nil {
+		errs = append(errs, err)
+	}
 
 	env := map[string]string{
 		// As in getredash/setup's env: unbuffered logs reach `docker logs` at once.
@@ -70,7 +75,10 @@ func Build(cfg config.Config, got map[string]secrets.Secret, dir string) (State,
 		"REDASH_LOG_LEVEL":     "INFO",
 		"REDASH_COOKIE_SECRET": need(secrets.CookieSecret).Reveal(),
 		"REDASH_SECRET_KEY":    need(secrets.SecretKey).Reveal(),
-		"REDASH_REDIS_URL":     redisURL,
+		"REDASH_REDIS_URL":     redisURLs.Redis,
+	}
+	if redisURLs.Broker != "" {
+		env["REDASH_CELERY_BROKER"] = redisURLs.Broker
 	}
 	if len(errs) == 0 {
 		env["REDASH_DATABASE_URL"] = DatabaseURL(db)
@@ -113,7 +121,7 @@ func Build(cfg config.Config, got map[string]secrets.Secret, dir string) (State,
 
 		WorkerStopGrace: cfg.WorkerStopGrace,
 	}
-	return State{Env: env, Spec: spec, DB: db}, nil
+	return State{Env: env, Spec: spec, DB: db, Redis: redisConn(cfg, got)}, nil
 }
 
 // ProxiesCount is REDASH_PROXIES_COUNT: how many proxies in front of the
@@ -191,32 +199,6 @@ func database(cfg config.Config, got map[string]secrets.Secret, need func(string
 		return db, fmt.Errorf("no database host: set redash:db-endpoint or put host in the redash:db-secret JSON")
 	}
 	return db, nil
-}
-
-func redis(cfg config.Config, got map[string]secrets.Secret) string {
-	auth := ""
-	if s, ok := got[secrets.RedisAuth]; ok {
-		auth = s.Value.Reveal()
-	}
-	switch {
-	case cfg.RedisURL != "":
-		if auth == "" {
-			return cfg.RedisURL
-		}
-		scheme, rest, _ := strings.Cut(cfg.RedisURL, "://")
-		if i := strings.LastIndex(strings.SplitN(rest, "/", 2)[0], "@"); i >= 0 {
-			rest = rest[i+1:] // the secret replaces credentials written in the URL
-		}
-		return scheme + "://:" + Escape(auth) + "@" + rest
-	case cfg.RedisEndpoint != "":
-		userinfo := ""
-		if auth != "" {
-			userinfo = ":" + Escape(auth) + "@"
-		}
-		return "redis://" + userinfo + cfg.RedisEndpoint + "/" + defaultRedisDB
-	default:
-		return localRedisURL
-	}
 }
 
 // DatabaseURL is REDASH_DATABASE_URL: postgresql://user:password@host:port/dbname

@@ -87,6 +87,9 @@ type Desired struct {
 	// HashKey is a host-local key: environment values enter the config hash
 	// only as HMAC(HashKey, ...), never as a plain hash.
 	HashKey []byte
+	// Ready, when set, checks that each running background service does
+	// its job before the wait counts it ready; nil waits for running only.
+	Ready ReadyCheck
 }
 
 // The server (compose.ServerService) answers /ping, which the readiness

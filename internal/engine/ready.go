@@ -27,7 +27,29 @@ const (
 	pollEvery = 100 * time.Millisecond
 	// logLines is how much of a failing container's log an error carries.
 	logLines = 20
+	// checkEvery paces Desired.Ready's checks of one service: they exec
+	// into containers and read Redis, heavier than an inspect.
+	checkEvery = time.Second
 )
+
+// ReadyCheck says whether a running background service does its job (its
+// queues have consumers), beyond running: the agent supplies one from the
+// queue system's registry and Redash's own healthchecks. The engine asks
+// it once a service's container has run for stableFor, at most every
+// checkEvery, until it returns nil or HealthTimeout passes.
+type ReadyCheck interface {
+	// Ready returns nil when the service is ready, else what it waits for.
+	Ready(ctx context.Context, e *Engine, c RunningService) error
+}
+
+// RunningService is a service's running container as a ReadyCheck sees it.
+type RunningService struct {
+	Project, Service string
+	ID, Name         string
+	Hostname         string            // the container's hostname, as its processes see it
+	Entrypoint       []string          // the image's entrypoint, to exec its commands
+	Env              map[string]string // the container's environment: it holds secrets, never log it
+}
 
 // waitFor is ActWaitReady: it waits, at most HealthTimeout, until every
 // one of services runs: the server answers GET /ping, the others have run
@@ -40,6 +62,10 @@ func (e *Engine) waitFor(ctx context.Context, d Desired, services []string) erro
 	project := d.Project.Name
 	baseline := map[string]int{} // restart count per container ID at start
 	httpc := &http.Client{Timeout: 2 * time.Second}
+	checked := map[string]bool{}        // services whose ReadyCheck passed
+	lastCheck := map[string]time.Time{} // when each service was last checked
+	lastReason := map[string]string{}   // why each service's check last failed
+	checkFailing := map[string]string{} // container ID per service whose check fails
 	for {
 		var pending []string
 		// The next poll comes at pollEvery, or sooner when a container
@@ -93,15 +119,51 @@ func (e *Engine) waitFor(ctx context.Context, d Desired, services []string) erro
 			if left := stableFor - time.Since(started); left > 0 {
 				pending = append(pending, name+": just started")
 				next = min(next, left)
+				continue
 			}
+			if d.Ready == nil || checked[name] {
+				continue
+			}
+			if time.Since(lastCheck[name]) >= checkEvery {
+				lastCheck[name] = time.Now()
+				err := d.Ready.Ready(ctx, e, runningService(project, name, c))
+				if err == nil {
+					checked[name] = true
+					delete(checkFailing, name)
+					continue
+				}
+				lastReason[name], checkFailing[name] = err.Error(), c.ID
+			}
+			pending = append(pending, name+": "+lastReason[name])
 		}
 		if len(pending) == 0 {
 			return nil
 		}
 		if backoff.Sleep(ctx, next) != nil {
-			return fmt.Errorf("waiting for project %q to be ready: not ready after %s (%s): check `docker logs` of those containers", project, e.healthTimeout(), strings.Join(pending, "; "))
+			err := fmt.Errorf("waiting for project %q to be ready: not ready after %s (%s): check `docker logs` of those containers", project, e.healthTimeout(), strings.Join(pending, "; "))
+			// A service that runs but does not do its job says why in its log.
+			lctx, lcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			defer lcancel()
+			var tails []string
+			for _, name := range services {
+				if id, ok := checkFailing[name]; ok {
+					tails = append(tails, fmt.Sprintf("last log lines of %s:\n%s", name, e.lastLogs(lctx, id)))
+				}
+			}
+			if len(tails) > 0 {
+				err = fmt.Errorf("%w\n%s", err, strings.Join(tails, "\n"))
+			}
+			return err
 		}
 	}
+}
+
+func runningService(project, name string, c container.InspectResponse) RunningService {
+	r := RunningService{Project: project, Service: name, ID: c.ID, Name: strings.TrimPrefix(c.Name, "/")}
+	if c.Config != nil {
+		r.Hostname, r.Entrypoint = c.Config.Hostname, c.Config.Entrypoint
+	}
+	return r
 }
 
 // serverAddr is where the host reaches the server: its published port for

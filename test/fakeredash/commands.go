@@ -110,21 +110,6 @@ func runFamily(f family, cmd string, args []string) (code int, handled bool) {
 	return 2, true
 }
 
-// workersHealthcheck stands for 25.1's workers_healthcheck (`rq info`
-// counts the live workers against WORKERS_COUNT). A stub: the RQ registry
-// in Redis is played elsewhere (workers and Redis), which replaces this.
-func workersHealthcheck() int {
-	fmt.Printf("Checking active workers count against %s...\n", os.Getenv("WORKERS_COUNT"))
-	return 0
-}
-
-// celeryHealthcheck stands for 8.x's `celery inspect ping` of the
-// container's own worker. A stub, like workersHealthcheck.
-func celeryHealthcheck() int {
-	fmt.Println("-> celery@" + os.Getenv("HOSTNAME") + ": OK\n        pong")
-	return 0
-}
-
 // proxiesCount reads REDASH_PROXIES_COUNT as Redash's settings do:
 // int(os.environ.get("REDASH_PROXIES_COUNT", "1")). Python's int() takes
 // surrounding blanks and a sign; anything else raises at import.

@@ -48,6 +48,9 @@ func serve(cmd string, args []string) int {
 		return 1
 	case "server", "worker", "scheduler", "nginx":
 	default:
+		if code, ok := healthcheck(cmd); ok {
+			return code
+		}
 		fmt.Fprintf(os.Stderr, "fakeredash: unknown command %q\n%s\n", cmd, usage)
 		return 2
 	}
@@ -69,8 +72,10 @@ func serve(cmd string, args []string) int {
 		err = serveServer(ctx, familyFromEnv(), familyServer(familyFromEnv(), serverHandler(os.Environ)))
 	case "nginx": // nginx.go
 		err = runNginx(ctx)
-	default: // worker, scheduler: idle until told to stop, like an empty queue
-		<-ctx.Done()
+	default: // worker, scheduler: against Redis (worker.go), else idle like an empty queue
+		if !runBackground(ctx, cmd) {
+			<-ctx.Done()
+		}
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "fakeredash: %s: %v\n", cmd, err)

@@ -95,13 +95,20 @@ func runJobService(f family, cmd string) int {
 	if !f.celery() && f.major == 9 {
 		// bash, PID 1, waits for supervisord and never sees SIGTERM.
 		signal.Ignore(syscall.SIGTERM, syscall.SIGINT)
+		go runBackground(context.Background(), cmd)
 		watchJobs(context.Background())
 		return 0 // not reached: only SIGKILL ends it
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	// The queue side (worker.go: Redis, registration, jobs from the
+	// queues) runs beside the job state a test sets with `fakeredash job`.
+	consumed := make(chan struct{})
+	go func() { runBackground(ctx, cmd); close(consumed) }()
 	watchJobs(ctx)
-	return warmShutdown(f)
+	code := warmShutdown(f)
+	<-consumed // its own warm shutdown: the running queue jobs end first
+	return code
 }
 
 // watchJobs logs each job as the worker sees it start, until ctx ends.
