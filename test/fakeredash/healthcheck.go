@@ -65,8 +65,14 @@ func workersHealthcheck() int {
 	defer cancel()
 	c, err := connectRedis(ctx, os.Getenv("REDASH_REDIS_URL"), redisPy4)
 	if err != nil {
+		// `rq info` fails, so ACTIVE_WORKERS_COUNT is empty, and
+		// `[ "" -lt N ]` is a test error: the script takes its else branch
+		// and passes. Redash's own check cannot see an unreachable Redis;
+		// the agent's registry check (internal/queues) does.
 		fmt.Fprintf(os.Stderr, "Error: %v\n", err)
-		return 1
+		fmt.Fprintln(os.Stderr, "/app/bin/docker-entrypoint: line 29: [: : integer expression expected")
+		fmt.Println(" workers are active")
+		return 0
 	}
 	defer c.Close()
 	active := 0
