@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os/exec"
 	"strconv"
 	"testing"
 	"time"
@@ -27,26 +26,12 @@ import (
 // its redash:version tag, family its FAKEREDASH_FAMILY.
 func newFamilyStack(t *testing.T, version, family string) *stack {
 	t.Helper()
-	dc := testenv.DockerClient(t)
+	s := newStackTags(t, map[string]string{"redash:version": version, "redash:secrets-prefix": "Redash/"})
 	pg := testenv.Postgres(t)
-	s := &stack{
-		fixture:    newFixture(t, map[string]string{"redash:version": version, "redash:secrets-prefix": "Redash/"}),
-		project:    fmt.Sprintf("rafam%d", time.Now().UnixNano()%1_000_000_000),
-		serverPort: testenv.FreePort(t),
-		nginxPort:  testenv.FreePort(t),
-		docker:     dc,
-		pgDB:       pg.NewDatabase(t),
-	}
-	s.moto.Put(t, "Redash/RDS/User", pg.User)
-	s.moto.Put(t, "Redash/RDS/Password", pg.Password)
 	// FakeFamilyImage plus a schema head, which the migrations need.
 	image := redashImage(t, "redash-agent-test/redash:e2e-family-"+family, "rev1", "FAKEREDASH_FAMILY", family)
-	testenv.BuildFakeImage(t, testenv.FakeImage{Tag: "redash-agent-test/nginx:latest", Cmd: []string{"nginx"}})
 	// provider aws: load-balancer defaults to alb.
 	s.writeConfig(image, fmt.Sprintf("db-endpoint: %s:%d\ndb-name: %s\nworker-stop-grace: 30s\n", pg.Host, pg.Port, s.pgDB))
-	t.Cleanup(func() {
-		exec.Command(agentBinary(t), "--dir", s.dir, "--config", s.config, "--state-dir", s.stateDir(), "down", "--remove").Run()
-	})
 	return s
 }
 
