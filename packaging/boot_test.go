@@ -286,11 +286,10 @@ func TestBootUnderSystemd(t *testing.T) {
 	testenv.BuildFakeImage(t, testenv.FakeImage{Tag: redash, Env: map[string]string{"FAKEREDASH_HEAD": "rev1"}})
 	nginx := "redash-agent-test/nginx:" + tag
 	testenv.BuildFakeImage(t, testenv.FakeImage{Tag: nginx, Cmd: []string{"nginx"}})
-	// The bundled postgres only has to stay up (the stand-in server needs
-	// none); redis is a real one (the host's redis-server), because READY
-	// waits for the workers to register their queues in it.
-	postgres := "redash-agent-test/postgres:" + tag
-	testenv.BuildFakeImage(t, testenv.FakeImage{Tag: postgres, Cmd: []string{"worker"}})
+	// The bundled postgres and redis are real ones (the host's, FROM
+	// scratch): up migrates the bundled database, and READY waits for the
+	// workers to register their queues in redis.
+	postgres := testenv.PostgresImage(t)
 	redis := testenv.RedisImage(t)
 
 	b := &booted{

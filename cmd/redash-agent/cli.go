@@ -46,7 +46,7 @@ type globals struct {
 	logFormat    string
 	// readOnly is set by a command that must write nothing (render
 	// --dry-run, --plan), not by a flag of its own.
-	readOnly, keepHashKey bool
+	readOnly, keepState bool
 }
 
 // Main runs the CLI and returns the process exit code.
@@ -182,7 +182,7 @@ func (g *globals) newAgent(stderr io.Writer) (*agent.Agent, error) {
 		IMDSDeadline: g.imdsDeadline,
 		Logger:       g.logger(stderr),
 		ReadOnly:     g.readOnly,
-		KeepHashKey:  g.keepHashKey,
+		KeepState:    g.keepState,
 	}), nil
 }
 
@@ -248,7 +248,7 @@ func configCmd(g *globals) *cobra.Command {
 var configKeys = []string{
 	"provider", "project", "version", "image", "nginx-image", "postgres-image", "redis-image", "role", "nginx",
 	"secrets-prefix", "db-endpoint", "db-name", "redis-endpoint", "redis-url", "web-workers", "log-group",
-	"server-port", "nginx-port", "refresh",
+	"server-port", "nginx-port", "refresh", "load-balancer", "worker-stop-grace",
 }
 
 // configRows lists the resolved configuration, one row per setting that has
@@ -284,6 +284,10 @@ func configRows(cfg config.Config) []configRow {
 		"db-endpoint": cfg.DBEndpoint, "db-name": cfg.DBName, "redis-endpoint": cfg.RedisEndpoint,
 		"redis-url": cfg.RedisURL, "web-workers": itoa(cfg.WebWorkers), "log-group": cfg.LogGroup,
 		"server-port": itoa(cfg.ServerPort), "nginx-port": itoa(cfg.NginxPort), "refresh": cfg.Refresh.String(),
+		"load-balancer": cfg.LoadBalancer, "worker-stop-grace": cfg.WorkerStopGrace.String(),
+	}
+	if cfg.WorkerStopGrace <= 0 {
+		values["worker-stop-grace"] = ""
 	}
 	if cfg.Refresh <= 0 {
 		values["refresh"] = ""

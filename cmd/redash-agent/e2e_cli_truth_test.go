@@ -63,7 +63,8 @@ func tree(t *testing.T, root string) []string {
 // state directory, `render --dry-run` prints the files and leaves the state
 // directory and --dir exactly as they were: no generated secrets, no hash
 // key, no lock. `render --plan` (with the images up would pull) writes only
-// the hash key, so that its hashes are the ones up will use.
+// the hash key and the local secrets, so that its hashes are the ones up
+// will use.
 func TestRenderDryRunAndPlanWriteNothing(t *testing.T) {
 	root := t.TempDir()
 	project := fmt.Sprintf("rae2edry%d", time.Now().UnixNano()%1_000_000_000)
@@ -89,10 +90,16 @@ func TestRenderDryRunAndPlanWriteNothing(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("render --plan exited %d\n%s\n%s", code, stdout, stderr)
 	}
-	// The hash key alone: the hashes the plan prints are then up's.
-	os.Remove(filepath.Join(root, "state", "hash-key"))
+	// The hash key and the local secrets alone: the hashes the plan prints
+	// are then up's.
+	for _, kept := range []string{"hash-key", "local-secrets.json", "local-secrets.json.lock"} {
+		if _, err := os.Stat(filepath.Join(root, "state", kept)); err != nil {
+			t.Errorf("render --plan did not keep %s (up would hash with another one): %v", kept, err)
+		}
+		os.Remove(filepath.Join(root, "state", kept))
+	}
 	if after := tree(t, root); !equalLines(before, after) {
-		t.Errorf("render --plan changed the disk beyond the hash key:\nbefore %q\nafter  %q", before, after)
+		t.Errorf("render --plan changed the disk beyond the hash key and the local secrets:\nbefore %q\nafter  %q", before, after)
 	}
 	for _, want := range []string{"# images: ", "#   pull    redash-agent-test/absent:", "(image; ", "(postgres-image; postgres)",
 		"(redis-image; redis)", "# plan: "} {

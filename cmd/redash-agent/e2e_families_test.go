@@ -10,8 +10,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -95,40 +97,70 @@ type stopOf struct {
 	exitCode  int
 }
 
-// stopEvents reads the stop of container id from the daemon's events
-// since since.
-func (s *stack) stopEvents(t *testing.T, id string, since time.Time) stopOf {
+// watchStops streams the daemon's events for the containers ids from now
+// on; the returned func ends the stream, once each container has died (or
+// after 15 s), and says how each was stopped. A stream, not a replay with
+// --since: the daemon replays only its last 256 events, which a busy
+// machine's other tests push out within seconds.
+func (s *stack) watchStops(t *testing.T, ids []string) func() map[string]stopOf {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	until := time.Now()
-	msgs, errs := s.docker.Events(ctx, events.ListOptions{
-		Since:   fmt.Sprintf("%d.%09d", since.Unix(), since.Nanosecond()),
-		Until:   fmt.Sprintf("%d.%09d", until.Unix(), until.Nanosecond()),
-		Filters: filters.NewArgs(filters.Arg("container", id)),
-	})
-	var st stopOf
-	st.exitCode = -1
-	for {
-		select {
-		case m, ok := <-msgs:
-			if !ok {
-				return st
+	ctx, cancel := context.WithCancel(context.Background())
+	args := filters.NewArgs()
+	for _, id := range ids {
+		args.Add("container", id)
+	}
+	msgs, errs := s.docker.Events(ctx, events.ListOptions{Filters: args})
+	var mu sync.Mutex
+	stops := map[string]stopOf{}
+	for _, id := range ids {
+		stops[id] = stopOf{exitCode: -1}
+	}
+	died := make(chan struct{}, len(ids))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case m := <-msgs:
+				at := time.Unix(0, m.TimeNano)
+				mu.Lock()
+				st, ok := stops[m.Actor.ID]
+				switch {
+				case !ok:
+				case m.Action == events.ActionKill && m.Actor.Attributes["signal"] == "15" && st.term.IsZero():
+					st.term = at
+				case m.Action == events.ActionDie && st.die.IsZero():
+					st.die = at
+					st.exitCode, _ = strconv.Atoi(m.Actor.Attributes["exitCode"])
+					died <- struct{}{}
+				}
+				if ok {
+					stops[m.Actor.ID] = st
+				}
+				mu.Unlock()
+			case err := <-errs:
+				if err != nil && ctx.Err() == nil {
+					t.Errorf("events: %v", err)
+				}
+				return
 			}
-			at := time.Unix(0, m.TimeNano)
-			switch {
-			case m.Action == events.ActionKill && m.Actor.Attributes["signal"] == "15" && st.term.IsZero():
-				st.term = at
-			case m.Action == events.ActionDie:
-				st.die = at
-				st.exitCode, _ = strconv.Atoi(m.Actor.Attributes["exitCode"])
-			}
-		case err := <-errs:
-			if err != nil && err != io.EOF && ctx.Err() == nil {
-				t.Fatalf("events: %v", err)
-			}
-			return st
 		}
+	}()
+	return func() map[string]stopOf {
+		deadline := time.After(15 * time.Second)
+	wait:
+		for range ids {
+			select {
+			case <-died:
+			case <-deadline:
+				break wait
+			}
+		}
+		cancel()
+		<-done
+		mu.Lock()
+		defer mu.Unlock()
+		return maps.Clone(stops)
 	}
 }
 
@@ -163,18 +195,24 @@ func TestFamiliesEndToEnd(t *testing.T) {
 			if tc.cutAfter > 0 {
 				job = 40 * time.Second // outlasts supervisord's cut, whenever the stop comes
 			}
+			var old []string
+			for _, svc := range tc.jobs {
+				old = append(old, ids[svc])
+			}
+			stopsOf := s.watchStops(t, old)
 			jobStart := time.Now()
 			for _, svc := range tc.jobs {
 				s.startJob(t, ids[svc], job)
 			}
 			s.moto.Put(t, "Redash/CookieSecret", "rotated-cookie-secret-value")
 			s.up(t)
+			stops := stopsOf()
 			after := s.containers(t)
 			for _, svc := range tc.jobs {
 				if after[svc] == ids[svc] {
 					t.Fatalf("%s was not recreated", svc)
 				}
-				st := s.stopEvents(t, ids[svc], jobStart)
+				st := stops[ids[svc]]
 				if st.die.IsZero() {
 					t.Fatalf("%s: no die event for the old container", svc)
 				}

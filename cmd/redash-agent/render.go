@@ -23,10 +23,10 @@ func renderCmd(g *globals) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			// A dry run leaves the state directory as it found it: no local
-			// secrets, no hash key. A plan makes the hash key alone, so the
-			// hashes it prints are the ones up will use.
+			// secrets, no hash key. A plan makes those two (and nothing
+			// else), so the hashes it prints are the ones up will use.
 			g.readOnly = dryRun || plan
-			g.keepHashKey = plan
+			g.keepState = plan
 			a, err := g.newAgent(c.ErrOrStderr())
 			if err != nil {
 				return err

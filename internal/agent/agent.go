@@ -59,9 +59,10 @@ type Options struct {
 	// the hash key that do not exist yet are made in memory only, so the
 	// state directory is left exactly as it was.
 	ReadOnly bool
-	// KeepHashKey, with ReadOnly, still creates the hash key when missing
-	// (render --plan): the hashes a plan prints are then the ones up uses.
-	KeepHashKey bool
+	// KeepState, with ReadOnly, still creates the hash key and provider
+	// local's secrets when missing (render --plan): the hashes a plan prints
+	// are then the ones up uses. Nothing else is written.
+	KeepState bool
 }
 
 func (o Options) lockWait() time.Duration {
@@ -331,12 +332,13 @@ func (a *Agent) FetchSecrets(ctx context.Context, cfg config.Config) (map[string
 		sort.Slice(refs, func(i, j int) bool { return refs[i].Name < refs[j].Name })
 		var store secretStore
 		if cfg.Provider == config.ProviderLocal {
-			if !a.o.ReadOnly {
+			readOnly := a.o.ReadOnly && !a.o.KeepState
+			if !readOnly {
 				if err := os.MkdirAll(a.o.StateDir, 0o700); err != nil {
 					return fmt.Errorf("creating state directory %q: %w", a.o.StateDir, err)
 				}
 			}
-			store = &secrets.LocalStore{Path: a.localSecrets(), ReadOnly: a.o.ReadOnly}
+			store = &secrets.LocalStore{Path: a.localSecrets(), ReadOnly: readOnly}
 		} else {
 			var err error
 			if store, err = a.remote.secrets(ctx, cfg.Region, a.secretsPolicy, a.log); err != nil {

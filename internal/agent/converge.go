@@ -337,7 +337,7 @@ func (a *Agent) hashKey() ([]byte, error) {
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("reading the config hash key %q: %w", path, err)
 	}
-	if a.o.ReadOnly && !a.o.KeepHashKey {
+	if a.o.ReadOnly && !a.o.KeepState {
 		// A dry run keeps no key: with none on disk no container was
 		// labelled under one, and every hash compares as stale either way.
 		key = make([]byte, 32)

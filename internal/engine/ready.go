@@ -83,8 +83,13 @@ func (e *Engine) waitFor(ctx context.Context, d Desired, services []string) erro
 			}
 			if err != nil {
 				if ctx.Err() != nil {
-					// The deadline hit mid-poll: report it below as not ready.
-					pending = append(pending, name+": "+err.Error())
+					// The deadline hit mid-poll: report it below as not
+					// ready, with what it last waited for if it had a check.
+					why := err.Error()
+					if r, ok := lastReason[name]; ok {
+						why = r
+					}
+					pending = append(pending, name+": "+why)
 					continue
 				}
 				return fmt.Errorf("inspecting container %q: %w: check that dockerd is running", cname, err)
