@@ -66,35 +66,25 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # --- images: the fake Redash (test/fakeredash) FROM scratch, as the tests
-# build them. postgres runs the idle "worker" role; redis is real (below).
+# build them; postgres and redis are real (below).
 mkdir -p "$TMP/ctx/tmp"
 (cd "$REPO" && CGO_ENABLED=0 go build -trimpath -ldflags='-s -w -buildid=' -o "$TMP/ctx/fakeredash" ./test/fakeredash)
-build_image() { # TAG CMD
-	printf 'FROM scratch\nCOPY tmp /tmp\nCOPY fakeredash /fakeredash\nENTRYPOINT ["/fakeredash"]\nCMD ["%s"]\n' "$2" >"$TMP/ctx/Dockerfile"
+build_image() { # TAG CMD: FAKEREDASH_HEAD is the schema head create_db makes
+	printf 'FROM scratch\nCOPY tmp /tmp\nCOPY fakeredash /fakeredash\nENV FAKEREDASH_HEAD=benchrev1\nENTRYPOINT ["/fakeredash"]\nCMD ["%s"]\n' "$2" >"$TMP/ctx/Dockerfile"
 	# The classic builder, as testenv.BuildFakeImage uses through the API.
 	DOCKER_BUILDKIT=0 docker build -q -t "$1" "$TMP/ctx" >"$TMP/build.log" 2>&1 ||
 		{ cat "$TMP/build.log" >&2; die "building image $1"; }
 }
 build_image "${IMAGES[0]}" server
 build_image "${IMAGES[1]}" nginx
-build_image "${IMAGES[2]}" worker
-# redis is the host's real redis-server (and its ldd libraries) FROM
-# scratch, as testenv.RedisImage builds it: the agent's READY waits for the
-# workers to register their queues in it.
-build_redis_image() { # TAG
-	local bin ctx=$TMP/redis-ctx
-	bin=$(command -v redis-server) || die "redis-server not found: apt-get install -y redis-server"
-	mkdir -p "$ctx/root/tmp" "$ctx/root$(dirname "$bin")"
-	cp -L "$bin" "$ctx/root$bin" # keeps the name: redis-server picks its role from argv[0]
-	ldd "$bin" | grep -o '/[^ ]* (0x' | sed 's/ (0x$//' | while read -r lib; do
-		mkdir -p "$ctx/root$(dirname "$lib")"
-		cp -L "$lib" "$ctx/root$lib"
-	done
-	printf 'FROM scratch\nCOPY root/ /\nCMD ["%s", "--bind", "0.0.0.0", "--port", "6379", "--protected-mode", "no", "--save", "", "--appendonly", "no", "--dir", "/tmp"]\n' "$bin" >"$ctx/Dockerfile"
-	DOCKER_BUILDKIT=0 docker build -q -t "$1" "$ctx" >"$TMP/build.log" 2>&1 ||
-		{ cat "$TMP/build.log" >&2; die "building image $1"; }
-}
-build_redis_image "${IMAGES[3]}"
+# postgres and redis are the host's real servers (and their ldd libraries)
+# FROM scratch, built by testenv (PostgresImage, RedisImage) through their
+# own tests: up migrates the bundled database, and READY waits for the
+# workers to register their queues in redis. Retagged for this bench.
+(cd "$REPO" && CI=true go test -count=1 -run 'TestPostgresImage|TestRedisImageServes' ./internal/testenv >"$TMP/build.log" 2>&1) ||
+	{ cat "$TMP/build.log" >&2; die "building the postgres and redis images (internal/testenv)"; }
+docker tag redash-agent-test/postgres:15-host "${IMAGES[2]}"
+docker tag redash-agent-test/redis:host "${IMAGES[3]}"
 
 # --- the programs, and the one compose file.
 (cd "$REPO" && go build -o "$TMP/floor" ./bench/up/floor)

@@ -94,15 +94,30 @@ func (a *Agent) PrepareImage(ctx context.Context) (PrepareResult, error) {
 		if err := eng.Down(ctx, proj.Name, true); err != nil {
 			return err
 		}
-		var err error
-		res.Removed, err = a.removeInstanceState()
+		if cfg.Provider == config.ProviderLocal {
+			// The bundled database was initialised with the local secrets
+			// removed below: an instance booted from the image generates
+			// new ones, which that database would refuse.
+			name := engine.BundledDBVolume(proj.Name)
+			removed, err := eng.RemoveVolume(ctx, name)
+			if err != nil {
+				return err
+			}
+			if removed {
+				res.Removed = append(res.Removed, RemovedFile{"docker volume " + name,
+					"this host's bundled database, set up with the local secrets removed below: every instance starts an empty one with its own"})
+			}
+		}
+		files, err := a.removeInstanceState()
+		res.Removed = append(res.Removed, files...)
 		return err
 	})
 	return res, err
 }
 
 // PrepareResult is what prepare-image did: the images now present (each
-// once) and the instance files it removed.
+// once) and the instance files (and, for provider local, the bundled
+// database volume) it removed.
 type PrepareResult struct {
 	Images  []string
 	Removed []RemovedFile
