@@ -15,11 +15,8 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"testing"
 	"time"
-
-	"github.com/docker/docker/pkg/jsonmessage"
 )
 
 // ForeignImage loads an image tagged tag whose config says linux/arch
@@ -38,17 +35,8 @@ func ForeignImage(t testing.TB, tag, arch string) string {
 		t.Fatalf("docker load of a %s image %q: %v", arch, tag, err)
 	}
 	defer resp.Body.Close()
-	dec := json.NewDecoder(resp.Body)
-	for {
-		var m jsonmessage.JSONMessage
-		if err := dec.Decode(&m); err == io.EOF {
-			break
-		} else if err != nil {
-			t.Fatalf("docker load of %q: reading the answer: %v", tag, err)
-		}
-		if m.Error != nil {
-			t.Fatalf("docker load of %q: %s", tag, m.Error.Message)
-		}
+	if _, err := readJSONMessages(resp.Body); err != nil {
+		t.Fatalf("docker load of %q: %v", tag, err)
 	}
 	in, err := cli.ImageInspect(ctx, tag)
 	if err != nil {

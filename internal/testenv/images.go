@@ -12,6 +12,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -242,15 +243,17 @@ func buildImage(cli *client.Client, tag, dockerfile string, bin []byte) (string,
 	if err != nil {
 		return "", err
 	}
+	return runBuild(cli, tag, buildCtx)
+}
+
+// runBuild sends a build context to the classic builder and returns the
+// ID of the image tagged tag. Version 1 (classic builder): BuildKit over the
+// API needs a session, and FROM scratch + COPY gains nothing from it.
+func runBuild(cli *client.Client, tag string, buildCtx io.Reader) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), imageBuildTimeout)
 	defer cancel()
 	resp, err := cli.ImageBuild(ctx, buildCtx, build.ImageBuildOptions{
-		Tags:        []string{tag},
-		Dockerfile:  "Dockerfile",
-		Remove:      true,
-		ForceRemove: true,
-		// Version 1 (classic builder): BuildKit over the API needs a session,
-		// and FROM scratch + COPY gains nothing from it.
+		Tags: []string{tag}, Dockerfile: "Dockerfile", Remove: true, ForceRemove: true,
 		Version: build.BuilderV1,
 		Labels:  map[string]string{FakeImageLabel: "true"},
 	})
@@ -258,37 +261,33 @@ func buildImage(cli *client.Client, tag, dockerfile string, bin []byte) (string,
 		return "", fmt.Errorf("calling ImageBuild: %w", err)
 	}
 	defer resp.Body.Close()
+	if log, err := readJSONMessages(resp.Body); err != nil {
+		return "", fmt.Errorf("docker build: %w; build output:\n%s", err, log)
+	}
+	ins, err := cli.ImageInspect(ctx, tag)
+	if err != nil {
+		return "", fmt.Errorf("inspecting the built image %q: %w", tag, err)
+	}
+	return ins.ID, nil
+}
 
-	var id string
+// readJSONMessages reads a build's or load's JSON message stream to its
+// end: the text it streamed, and the error it reported, if any.
+func readJSONMessages(r io.Reader) (string, error) {
 	var log bytes.Buffer
-	dec := json.NewDecoder(resp.Body)
+	dec := json.NewDecoder(r)
 	for {
 		var m jsonmessage.JSONMessage
 		if err := dec.Decode(&m); err == io.EOF {
-			break
+			return log.String(), nil
 		} else if err != nil {
-			return "", fmt.Errorf("reading the build output: %w", err)
+			return log.String(), fmt.Errorf("reading the daemon's answer: %w", err)
 		}
 		if m.Error != nil {
-			return "", fmt.Errorf("docker build failed: %s; build output:\n%s", m.Error.Message, log.String())
+			return log.String(), errors.New(m.Error.Message)
 		}
 		log.WriteString(m.Stream)
-		if m.Aux != nil {
-			var aux struct{ ID string }
-			if json.Unmarshal(*m.Aux, &aux) == nil && aux.ID != "" {
-				id = aux.ID
-			}
-		}
 	}
-	if id == "" {
-		// Older daemons do not send the aux ID; the tag tells us.
-		ins, err := cli.ImageInspect(ctx, tag)
-		if err != nil {
-			return "", fmt.Errorf("inspecting the built image %q: %w", tag, err)
-		}
-		id = ins.ID
-	}
-	return id, nil
 }
 
 // fakeContext makes the build context tar in memory.

@@ -31,9 +31,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/docker/docker/api/types/build"
 	"github.com/docker/docker/client"
-	"github.com/docker/docker/pkg/jsonmessage"
 )
 
 // HostImage is an image FROM scratch made of host files and a static Go
@@ -343,39 +341,4 @@ func compileStatic(pkg string) ([]byte, error) {
 		return nil, fmt.Errorf("compiling %q: %w: %s", pkg, err, msg)
 	}
 	return os.ReadFile(out)
-}
-
-// runBuild sends a build context to the classic builder and returns the
-// ID of the image tagged tag.
-func runBuild(cli *client.Client, tag string, buildCtx io.Reader) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), imageBuildTimeout)
-	defer cancel()
-	resp, err := cli.ImageBuild(ctx, buildCtx, build.ImageBuildOptions{
-		Tags: []string{tag}, Dockerfile: "Dockerfile", Remove: true, ForceRemove: true,
-		Version: build.BuilderV1,
-		Labels:  map[string]string{FakeImageLabel: "true"},
-	})
-	if err != nil {
-		return "", fmt.Errorf("calling ImageBuild: %w", err)
-	}
-	defer resp.Body.Close()
-	var log bytes.Buffer
-	dec := json.NewDecoder(resp.Body)
-	for {
-		var m jsonmessage.JSONMessage
-		if err := dec.Decode(&m); err == io.EOF {
-			break
-		} else if err != nil {
-			return "", fmt.Errorf("reading the build output: %w", err)
-		}
-		if m.Error != nil {
-			return "", fmt.Errorf("docker build failed: %s; build output:\n%s", m.Error.Message, log.String())
-		}
-		log.WriteString(m.Stream)
-	}
-	ins, err := cli.ImageInspect(ctx, tag)
-	if err != nil {
-		return "", fmt.Errorf("inspecting the built image %q: %w", tag, err)
-	}
-	return ins.ID, nil
 }
