@@ -1,11 +1,9 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/compose-spec/compose-go/v2/types"
@@ -23,21 +21,9 @@ import (
 // the real PostgreSQL, without Docker: each "instance" is an Agent with its
 // own project name on one shared database.
 
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-func (l *logBuffer) String() string { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
-
-func leaseAgent(t *testing.T, keep bool) (*Agent, *logBuffer) {
+func leaseAgent(t *testing.T, keep bool) (*Agent, *testenv.SyncBuffer) {
 	t.Helper()
-	logs := &logBuffer{}
+	logs := &testenv.SyncBuffer{}
 	a := newAgent(Options{Logger: slog.New(slog.NewTextHandler(logs, nil)), StateDir: t.TempDir(), Dir: t.TempDir()}, remotes{})
 	if keep {
 		a.sched = &schedulerLease{mode: leaseKeep, log: a.log}
