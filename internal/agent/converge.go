@@ -226,7 +226,7 @@ func (a *Agent) waitLocalDB(ctx context.Context, r Rendered, eng *engine.Engine,
 	if !r.State.Spec.Local {
 		return nil
 	}
-	name := r.Project.Name + "-" + compose.PostgresService + "-1"
+	name := compose.ContainerName(r.Project.Name, compose.PostgresService)
 	deadline := time.Now().Add(localDBWait)
 	for attempt := 1; ; attempt++ {
 		c, err := (&net.Dialer{Timeout: time.Second}).DialContext(ctx, "tcp", db.Addr())
@@ -254,10 +254,7 @@ func (a *Agent) explainLocalAuth(r Rendered, err error) error {
 	if !r.State.Spec.Local || !migrate.IsAuthFailure(err) {
 		return err
 	}
-	volume := ""
-	for _, v := range r.Project.Volumes {
-		volume = v.Name
-	}
+	volume := compose.BundledDBVolume(r.Project.Name)
 	return exitcode.ConfigError(fmt.Errorf("the bundled postgres refused the password in %s: its volume %s was initialised with another password "+
 		"(a fresh or replaced state directory next to an old volume). Either restore that state directory's %s (from a backup), "+
 		"or start with an empty database, losing its data: `redash-agent down --remove`, then `docker volume rm %s`, then `redash-agent up` again",
@@ -444,33 +441,47 @@ func (a *Agent) Status(ctx context.Context) (StatusReport, error) {
 	if rep.Services, err = eng.Status(ctx, d); err != nil {
 		return rep, err
 	}
-	rep.Database = a.databaseState(ctx, r, eng)
+	rep.Database = a.databaseState(ctx, r, eng).text
 	if needsLease(r) {
 		rep.SchedulerLease, _ = a.SchedulerLease(ctx, r)
 	}
 	return rep, nil
 }
 
-// databaseState is "empty", "behind", "current" or why it is not known;
-// it never includes credentials.
-func (a *Agent) databaseState(ctx context.Context, r Rendered, eng *engine.Engine) string {
+// dbState is what databaseState learned: text for people ("empty",
+// "behind", "current" or why it is not known; never credentials), and
+// what doctor picks its fix by (never the text).
+type dbState struct {
+	text   string
+	schema migrate.State // StateUnknown unless the database answered
+	// noHead: the image's head revision is not cached yet; wrongPassword:
+	// the bundled postgres refused the local secrets (explainLocalAuth).
+	noHead, wrongPassword bool
+}
+
+func (a *Agent) databaseState(ctx context.Context, r Rendered, eng *engine.Engine) dbState {
+	unknown := func(why string) dbState { return dbState{text: "unknown: " + why, schema: migrate.StateUnknown} }
 	imageID, err := eng.ImageID(ctx, r.Config.Image)
 	if err != nil || imageID == "" {
-		return fmt.Sprintf("unknown: image %q is not present", r.Config.Image)
+		return unknown(fmt.Sprintf("image %q is not present", r.Config.Image))
 	}
 	head, ok := migrate.CachedHead(a.headsCache(), imageID)
 	if !ok {
-		return "unknown: the image's head revision is not known yet (run `redash-agent migrate`)"
+		st := unknown("the image's head revision is not known yet (run `redash-agent migrate`)")
+		st.noHead = true
+		return st
 	}
 	db, err := a.dbTarget(ctx, r, eng)
 	if err != nil {
-		return "unknown: " + err.Error()
+		return unknown(err.Error())
 	}
 	st, err := migrate.Inspect(ctx, db, head)
 	if err != nil {
-		return "unknown: " + a.explainLocalAuth(r, err).Error()
+		s := unknown(a.explainLocalAuth(r, err).Error())
+		s.wrongPassword = r.State.Spec.Local && migrate.IsAuthFailure(err)
+		return s
 	}
-	return string(st) + " (image head " + head + ")"
+	return dbState{text: string(st) + " (image head " + head + ")", schema: st}
 }
 
 // DatabaseState renders and inspects the database, bounded in time, for
@@ -488,5 +499,5 @@ func (a *Agent) DatabaseState(ctx context.Context) string {
 		return "unknown: " + err.Error()
 	}
 	defer eng.Close()
-	return q.databaseState(ctx, r, eng)
+	return q.databaseState(ctx, r, eng).text
 }

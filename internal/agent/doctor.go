@@ -229,31 +229,31 @@ func (a *Agent) checkDatabase(ctx context.Context, r Rendered, eng *engine.Engin
 		return localDatabaseResult(r, state)
 	}
 	switch {
-	case strings.HasPrefix(state, "current"):
-		return doctor.Result{Status: doctor.OK, Detail: fmt.Sprintf("%s database %q: %s", addr, migrate.DatabaseLabel(db), state)}
-	case strings.HasPrefix(state, "unknown: the image's head"):
-		return doctor.Result{Status: doctor.Warn, Detail: state, Fix: "sudo redash-agent migrate"}
-	case strings.HasPrefix(state, "unknown"):
-		return doctor.Result{Status: doctor.Fail, Detail: fmt.Sprintf("%s: %s", addr, state), Fix: "check the security group allows this instance to reach " + addr + " and the db-user/db-password secrets"}
+	case state.schema == migrate.StateCurrent:
+		return doctor.Result{Status: doctor.OK, Detail: fmt.Sprintf("%s database %q: %s", addr, migrate.DatabaseLabel(db), state.text)}
+	case state.noHead:
+		return doctor.Result{Status: doctor.Warn, Detail: state.text, Fix: "sudo redash-agent migrate"}
+	case state.schema == migrate.StateUnknown:
+		return doctor.Result{Status: doctor.Fail, Detail: fmt.Sprintf("%s: %s", addr, state.text), Fix: "check the security group allows this instance to reach " + addr + " and the db-user/db-password secrets"}
 	default:
-		return doctor.Result{Status: doctor.Warn, Detail: fmt.Sprintf("%s database %q: %s", addr, migrate.DatabaseLabel(db), state), Fix: "sudo redash-agent migrate"}
+		return doctor.Result{Status: doctor.Warn, Detail: fmt.Sprintf("%s database %q: %s", addr, migrate.DatabaseLabel(db), state.text), Fix: "sudo redash-agent migrate"}
 	}
 }
 
 // localDatabaseResult is the database check for provider local's bundled
 // postgres, from databaseState: the fixes name its container, not a
 // security group.
-func localDatabaseResult(r Rendered, state string) doctor.Result {
-	name := r.Project.Name + "-" + compose.PostgresService + "-1"
-	detail := fmt.Sprintf("bundled postgres (container %s): %s", name, state)
+func localDatabaseResult(r Rendered, state dbState) doctor.Result {
+	name := compose.ContainerName(r.Project.Name, compose.PostgresService)
+	detail := fmt.Sprintf("bundled postgres (container %s): %s", name, state.text)
 	switch {
-	case strings.HasPrefix(state, "current"):
+	case state.schema == migrate.StateCurrent:
 		return doctor.Result{Status: doctor.OK, Detail: detail}
-	case strings.HasPrefix(state, "unknown: the image's head"):
+	case state.noHead:
 		return doctor.Result{Status: doctor.Warn, Detail: detail, Fix: "sudo redash-agent migrate --provider local"}
-	case strings.Contains(state, "another password"):
+	case state.wrongPassword:
 		return doctor.Result{Status: doctor.Fail, Detail: detail, Fix: "see the detail: restore the state directory's secrets or start from an empty volume"}
-	case strings.HasPrefix(state, "unknown"):
+	case state.schema == migrate.StateUnknown:
 		return doctor.Result{Status: doctor.Fail, Detail: detail, Fix: "start it with `sudo redash-agent up --provider local`; `docker logs " + name + "` says why it stopped"}
 	default:
 		return doctor.Result{Status: doctor.Warn, Detail: detail, Fix: "sudo redash-agent migrate --provider local (or up)"}
@@ -270,7 +270,7 @@ func checkRedis(ctx context.Context, r Rendered, eng *engine.Engine) doctor.Resu
 	addr := rc.Addr
 	where := "the ElastiCache security group allows this instance on " + addr + " and the redis-auth secret"
 	if r.State.Spec.Local {
-		name := r.Project.Name + "-" + compose.RedisService + "-1"
+		name := compose.ContainerName(r.Project.Name, compose.RedisService)
 		ip, err := eng.ServiceAddress(ctx, r.Project.Name, compose.RedisService)
 		if err != nil {
 			return doctor.Result{Status: doctor.Fail, Detail: "bundled redis: " + err.Error(), Fix: "start it with `sudo redash-agent up --provider local`; `docker logs " + name + "` says why it stopped"}

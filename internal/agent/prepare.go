@@ -98,7 +98,7 @@ func (a *Agent) PrepareImage(ctx context.Context) (PrepareResult, error) {
 			// The bundled database was initialised with the local secrets
 			// removed below: an instance booted from the image generates
 			// new ones, which that database would refuse.
-			name := engine.BundledDBVolume(proj.Name)
+			name := compose.BundledDBVolume(proj.Name)
 			removed, err := eng.RemoveVolume(ctx, name)
 			if err != nil {
 				return err

@@ -3,13 +3,13 @@ package agent
 import (
 	"context"
 
-	"github.com/redash-agent/redash-agent/internal/engine"
+	"github.com/redash-agent/redash-agent/internal/compose"
 )
 
 // DBVolume is the project's bundled database volume (provider local) and
 // whether it exists: `down --remove` keeps it and says so.
 func (a *Agent) DBVolume(ctx context.Context) (name string, exists bool, err error) {
-	name = engine.BundledDBVolume(a.projectName())
+	name = compose.BundledDBVolume(a.projectName())
 	eng, err := a.docker()
 	if err != nil {
 		return name, false, err
@@ -23,7 +23,7 @@ func (a *Agent) DBVolume(ctx context.Context) (name string, exists bool, err err
 // database's data: `down --remove --volumes`. Call it after Down removed the
 // containers that mount it.
 func (a *Agent) RemoveDBVolume(ctx context.Context) (name string, removed bool, err error) {
-	name = engine.BundledDBVolume(a.projectName())
+	name = compose.BundledDBVolume(a.projectName())
 	eng, err := a.docker()
 	if err != nil {
 		return name, false, err

@@ -31,9 +31,6 @@ const (
 // NonSecretEnv is every key Project ever puts in a service's `environment`.
 var NonSecretEnv = []string{EnvQueues, EnvWebWorkers, EnvWorkersCount}
 
-// postgresVolume is the named volume holding the bundled database.
-const postgresVolume = "postgres-data"
-
 // Spec is everything the compose file depends on. The caller maps its
 // configuration onto it; nothing in it is secret.
 type Spec struct {
@@ -134,12 +131,12 @@ func Project(s Spec) (*types.Project, error) {
 		pg.EnvFiles = []types.EnvFile{{Path: "./" + EnvFileName, Required: true}}
 		pg.Volumes = []types.ServiceVolumeConfig{{
 			Type:   types.VolumeTypeVolume,
-			Source: postgresVolume,
+			Source: PostgresVolume,
 			Target: "/var/lib/postgresql/data",
 			Volume: &types.ServiceVolumeVolume{},
 		}}
 		p.Services[PostgresService] = pg
-		p.Volumes = types.Volumes{postgresVolume: {Name: VolumeName(s.Project, postgresVolume)}}
+		p.Volumes = types.Volumes{PostgresVolume: {Name: BundledDBVolume(s.Project)}}
 		// Redis gets no env file: it needs nothing from it, so it should not
 		// hold the secrets either.
 		p.Services[RedisService] = base(s, RedisService, s.RedisImage)

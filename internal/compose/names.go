@@ -61,3 +61,20 @@ func RedashImage(version string) string { return "redash/redash:" + version }
 // VolumeName is the Docker name of a project's named volume, as compose
 // names it: <project>_<volume>.
 func VolumeName(project, volume string) string { return project + "_" + volume }
+
+// PostgresVolume is the named volume holding provider local's bundled
+// database.
+const PostgresVolume = "postgres-data"
+
+// BundledDBVolume is the Docker name of a project's bundled database
+// volume: what `down --volumes` and prepare-image remove.
+func BundledDBVolume(project string) string { return VolumeName(project, PostgresVolume) }
+
+// ContainerNumber is the replica number of every service's one container.
+const ContainerNumber = "1"
+
+// ContainerName is the Docker name of a service's container, as compose v2
+// names it: <project>-<service>-1.
+func ContainerName(project, service string) string {
+	return project + "-" + service + "-" + ContainerNumber
+}

@@ -37,6 +37,8 @@ import (
 	"github.com/docker/docker/api/types/system"
 	"github.com/docker/docker/client"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/redash-agent/redash-agent/internal/compose"
 )
 
 // Docker is the subset of the Docker Engine client the engine calls. Every
@@ -177,5 +179,5 @@ func (e *Engine) Version(ctx context.Context) (version, apiVersion, host string,
 
 // containerName is the compose v2 name of the one replica of a service.
 func containerName(project, service string) string {
-	return project + "-" + service + "-" + containerNumber
+	return compose.ContainerName(project, service)
 }

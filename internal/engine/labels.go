@@ -1,5 +1,7 @@
 package engine
 
+import "github.com/redash-agent/redash-agent/internal/compose"
+
 // Labels the engine writes and reads. They are the docker compose ones, so
 // `docker compose -p <project> ps/logs` and `docker-compose -p <project> ps`
 // see the stack the agent converged (pkg/api/labels.go in docker/compose v2
@@ -38,6 +40,6 @@ const (
 const (
 	oneOffFalse     = "False"
 	oneOffTrue      = "True"
-	containerNumber = "1"
+	containerNumber = compose.ContainerNumber
 	managedBy       = "redash-agent"
 )

@@ -6,16 +6,7 @@ import (
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/volume"
-
-	"github.com/redash-agent/redash-agent/internal/compose"
 )
-
-// bundledDBVolume is the volume of the bundled postgres (provider local),
-// as compose.Project names it (compose.go's postgresVolume).
-const bundledDBVolume = "postgres-data"
-
-// BundledDBVolume is the Docker name of a project's bundled database volume.
-func BundledDBVolume(project string) string { return compose.VolumeName(project, bundledDBVolume) }
 
 // volumeAPI is the part of the Docker client that manages volumes; it is
 // not in Docker, whose fakes need not implement it.
