@@ -17,8 +17,6 @@ import (
 )
 
 const (
-	// serverPort is where Redash's gunicorn listens in its container.
-	serverPort = 5000
 	// stableFor is how long a container without a readiness endpoint must
 	// run, unrestarted, to count as up: long enough to catch an immediate
 	// crash, short enough not to slow a boot.
@@ -46,9 +44,8 @@ type ReadyCheck interface {
 type RunningService struct {
 	Project, Service string
 	ID, Name         string
-	Hostname         string            // the container's hostname, as its processes see it
-	Entrypoint       []string          // the image's entrypoint, to exec its commands
-	Env              map[string]string // the container's environment: it holds secrets, never log it
+	Hostname         string   // the container's hostname, as its processes see it
+	Entrypoint       []string // the image's entrypoint, to exec its commands
 }
 
 // waitFor is ActWaitReady: it waits, at most HealthTimeout, until every
@@ -175,14 +172,14 @@ func runningService(project, name string, c container.InspectResponse) RunningSe
 // 5000, else its address on the project network (reachable from the host
 // on a Linux bridge).
 func serverAddr(d Desired, c container.InspectResponse) string {
-	if a := publishedPort(d.Project.Services[compose.ServerService], serverPort); a != "" {
+	if a := publishedPort(d.Project.Services[compose.ServerService], compose.ServerPort); a != "" {
 		return a
 	}
 	if c.NetworkSettings != nil {
 		// Keyed by the network's name; the server has only the project's.
 		for _, n := range c.NetworkSettings.Networks {
 			if n != nil && n.IPAddress != "" {
-				return fmt.Sprintf("%s:%d", n.IPAddress, serverPort)
+				return fmt.Sprintf("%s:%d", n.IPAddress, compose.ServerPort)
 			}
 		}
 	}
