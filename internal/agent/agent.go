@@ -90,6 +90,8 @@ type Agent struct {
 	// sched is the 8.x scheduler lease `run` keeps across converges; nil
 	// for the one-shot commands (lease.go).
 	sched *schedulerLease
+	// watch is what run's fast looks compare against (watch.go).
+	watch watchState
 	// notConfiguredGrace and tagsPoll are unconfiguredTagsGrace and
 	// tagsPollInterval; tests shorten them.
 	notConfiguredGrace, tagsPoll time.Duration

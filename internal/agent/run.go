@@ -94,6 +94,7 @@ func (a *Agent) Run(ctx context.Context, n Notifier) error {
 	// releases the lease (lease.go). Every other container keeps running.
 	a.sched = &schedulerLease{mode: leaseKeep, log: a.log}
 	defer a.releaseLease(ctx)
+	defer a.closeWatch()
 
 	boot := time.Now()
 	res, err := a.converge(ctx, n, stopping, live, "boot")
@@ -136,6 +137,8 @@ func (a *Agent) Run(ctx context.Context, n Notifier) error {
 		// The 8.x scheduler lease is looked at between converges without
 		// ending this wait (its refresh timer and its watch).
 		leaseTimer := time.NewTimer(time.Hour)
+		// The fast look for a changed secret or cluster record (watch.go).
+		changes := time.NewTicker(changePoll)
 	wait:
 		for {
 			var leaseC <-chan time.Time
@@ -159,6 +162,11 @@ func (a *Agent) Run(ctx context.Context, n Notifier) error {
 				reason = "container " + w.Container + " died or was removed"
 				_ = backoff.Sleep(ctx, containerSettle) // a stop ends the wait; the loop checks ctx next
 				break wait
+			case <-changes.C:
+				if why := a.pollChanges(ctx); why != "" {
+					reason = why
+					break wait
+				}
 			case <-leaseC:
 				// Gaining or losing the lease converges at once.
 				if why := a.pollLease(ctx); why != "" {
@@ -173,6 +181,7 @@ func (a *Agent) Run(ctx context.Context, n Notifier) error {
 		unwatch()
 		timer.Stop()
 		leaseTimer.Stop()
+		changes.Stop()
 		if ctx.Err() != nil {
 			stopping()
 			return nil
