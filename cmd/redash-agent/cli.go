@@ -21,6 +21,7 @@ import (
 	"github.com/redash-agent/redash-agent/internal/config"
 	"github.com/redash-agent/redash-agent/internal/exitcode"
 	"github.com/redash-agent/redash-agent/internal/logging"
+	"github.com/redash-agent/redash-agent/internal/secrets"
 )
 
 // Exit codes of the CLI contract; exitcode owns them.
@@ -248,7 +249,7 @@ func configCmd(g *globals) *cobra.Command {
 var configKeys = []string{
 	"provider", "project", "version", "image", "nginx-image", "postgres-image", "redis-image", "role", "nginx",
 	"secrets-prefix", "db-endpoint", "db-name", "redis-endpoint", "redis-url", "web-workers", "log-group",
-	"server-port", "nginx-port", "refresh", "load-balancer", "worker-stop-grace",
+	"server-port", "nginx-port", "refresh", "secret-poll", "load-balancer", "worker-stop-grace",
 }
 
 // configRows lists the resolved configuration, one row per setting that has
@@ -284,6 +285,7 @@ func configRows(cfg config.Config) []configRow {
 		"db-endpoint": cfg.DBEndpoint, "db-name": cfg.DBName, "redis-endpoint": cfg.RedisEndpoint,
 		"redis-url": cfg.RedisURL, "web-workers": itoa(cfg.WebWorkers), "log-group": cfg.LogGroup,
 		"server-port": itoa(cfg.ServerPort), "nginx-port": itoa(cfg.NginxPort), "refresh": cfg.Refresh.String(),
+		"secret-poll":   cfg.SecretPoll.String(),
 		"load-balancer": cfg.LoadBalancer, "worker-stop-grace": cfg.WorkerStopGrace.String(),
 	}
 	if cfg.WorkerStopGrace <= 0 {
@@ -315,6 +317,8 @@ func configRows(cfg config.Config) []configRow {
 		key := "secret:" + n
 		if n == "db-secret" {
 			key = "db-secret"
+		} else if v, ok := secrets.EnvVar(n); ok {
+			key = "secret-env:" + v // a reference (id#key), never the value
 		}
 		add(key, cfg.Secrets[n].String())
 	}

@@ -84,6 +84,9 @@ type Config struct {
 	ServerPort    int
 	NginxPort     int
 	Refresh       time.Duration
+	// SecretPoll spaces run's look for new secret versions (one
+	// BatchGetSecretValue for all of them); 0 turns the look off.
+	SecretPoll time.Duration
 	// LoadBalancer is LoadBalancerALB or LoadBalancerNone: with Nginx it
 	// gives REDASH_PROXIES_COUNT.
 	LoadBalancer string
@@ -112,6 +115,7 @@ func defaults() map[string]string {
 		"server-port":    strconv.Itoa(compose.ServerPort),
 		"nginx-port":     strconv.Itoa(compose.NginxPort),
 		"refresh":        "5m",
+		"secret-poll":    "10s",
 
 		// load-balancer has no entry: its default depends on the provider.
 		"worker-stop-grace": "5m", // DefaultWorkerStopGrace
@@ -154,6 +158,7 @@ var plainKeys = map[string]string{
 	"server-port":    "host port published for the server's :5000",
 	"nginx-port":     "host port published for nginx's :80",
 	"refresh":        "how often `run` re-reads tags and secrets, e.g. 5m",
+	"secret-poll":    "how often `run` looks for new secret versions, e.g. 10s; 0 turns it off",
 
 	// The proxies in front of the server and the workers' stop (frontdoor.go).
 	"load-balancer":     "alb or none: what forwards client requests to this instance (sets REDASH_PROXIES_COUNT)",
@@ -161,7 +166,7 @@ var plainKeys = map[string]string{
 }
 
 // prefixKeys take a name after the colon.
-var prefixKeys = []string{"secret:", "env:", "workers:"}
+var prefixKeys = []string{"secret:", "env:", "secret-env:", "workers:"}
 
 // KnownKey reports whether key (without "redash:") is one the agent understands.
 func KnownKey(key string) bool {
@@ -382,6 +387,9 @@ func (b *builder) tuning(c *Config) {
 	if c.Refresh, err = time.ParseDuration(m["refresh"]); err != nil || c.Refresh < 10*time.Second {
 		b.bad("refresh", "%q is not a duration of at least 10s, e.g. 5m", m["refresh"])
 	}
+	if c.SecretPoll, err = time.ParseDuration(m["secret-poll"]); err != nil || c.SecretPoll != 0 && (c.SecretPoll < time.Second || c.SecretPoll > time.Hour) {
+		b.bad("secret-poll", "%q is not 0 (off) or a duration from 1s to 1h, e.g. 10s", m["secret-poll"])
+	}
 	if v, ok := m["web-workers"]; ok {
 		c.WebWorkers = parseCount(v, "web-workers", b.bad)
 	}
@@ -391,7 +399,7 @@ func (b *builder) tuning(c *Config) {
 }
 
 // prefixed reads the families with a name after the colon: env:<VAR>,
-// workers:<service> and secret:<name>.
+// secret-env:<VAR>, workers:<service> and secret:<name>.
 func (b *builder) prefixed(c *Config, layout compose.Layout, layoutOK bool) {
 	workerServices := map[string]bool{}
 	if layoutOK {
@@ -410,6 +418,8 @@ func (b *builder) prefixed(c *Config, layout compose.Layout, layoutOK bool) {
 			} else {
 				c.Env[name] = v
 			}
+		case strings.HasPrefix(k, "secret-env:"):
+			b.secretEnv(c, k, v)
 		case strings.HasPrefix(k, "workers:"):
 			svc := strings.TrimPrefix(k, "workers:")
 			if layoutOK && !workerServices[svc] {
@@ -431,6 +441,31 @@ func (b *builder) prefixed(c *Config, layout compose.Layout, layoutOK bool) {
 			c.Secrets[name] = ref
 		}
 	}
+}
+
+// secretEnv reads one redash:secret-env:<VAR>: a secret whose value
+// becomes environment variable VAR of every Redash container, written only
+// to the 0600 env file. Its logical name is secrets.EnvName(VAR).
+func (b *builder) secretEnv(c *Config, k, v string) {
+	name := strings.TrimPrefix(k, "secret-env:")
+	switch {
+	case !envNameRE.MatchString(name):
+		b.bad(k, "%q is not an environment variable name: use letters, digits and '_', not starting with a digit", name)
+		return
+	case agentWritesEnv(name):
+		b.bad(k, "%s is written by the agent itself: remove this key%s", name, insteadOf(name))
+		return
+	}
+	if _, both := b.m["env:"+name]; both {
+		b.bad(k, "%s is also set by redash:env:%s: keep one; remove redash:env:%s to take the value from Secrets Manager", name, name, name)
+		return
+	}
+	ref, err := secrets.ParseRef(secrets.EnvName(name), v)
+	if err != nil {
+		b.bad(k, "%v", err)
+		return
+	}
+	c.Secrets[ref.Name] = ref
 }
 
 // dbSecret reads the one RDS-shaped JSON secret, if set.
@@ -499,6 +534,11 @@ func (b *builder) awsSecrets(c *Config) {
 // and kept under the state directory; an operator may write
 // db-user/db-password there for an external database.
 func (b *builder) localSecrets(c *Config) {
+	for k := range b.m {
+		if strings.HasPrefix(k, "secret-env:") {
+			b.bad(k, "provider local has no Secrets Manager to read it from: use provider aws, or set redash:env:%s in config.yaml (keep the file mode 0600)", strings.TrimPrefix(k, "secret-env:"))
+		}
+	}
 	c.Secrets = map[string]secrets.Ref{}
 	names := []string{secrets.DBPassword, secrets.CookieSecret, secrets.SecretKey}
 	if c.DBEndpoint != "" {

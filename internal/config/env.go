@@ -1,6 +1,7 @@
 package config
 
 import (
+	"slices"
 	"sort"
 
 	"github.com/redash-agent/redash-agent/internal/compose"
@@ -49,6 +50,26 @@ const (
 	dbKeys    = "redash:db-endpoint and redash:db-name with the db-user/db-password secrets, or redash:db-secret"
 	redisKeys = "redash:redis-endpoint or redash:redis-url, with redash:secret:redis-auth for a password"
 )
+
+// agentSetEnv are the variables internal/desired writes besides the
+// reserved ones; redash:env: may override them (they are settings, not
+// secrets), redash:secret-env: may not.
+var agentSetEnv = []string{"PYTHONUNBUFFERED", "REDASH_LOG_LEVEL", EnvProxiesCount, EnvEnforceCSRF}
+
+// agentWritesEnv reports whether the agent writes variable name itself, so
+// that redash:secret-env:<name> would fight it.
+func agentWritesEnv(name string) bool {
+	_, reserved := reservedEnv[name]
+	return reserved || slices.Contains(agentSetEnv, name)
+}
+
+// insteadOf is the ": use ..." hint for a variable the agent writes.
+func insteadOf(name string) string {
+	if instead, ok := reservedEnv[name]; ok {
+		return "; use " + instead
+	}
+	return "; it is not a secret: set redash:env:" + name + " to change it"
+}
 
 // ReservedEnv lists the variable names redash:env:<VAR> refuses, sorted,
 // for documentation and tests.

@@ -97,6 +97,13 @@ func Build(cfg config.Config, got map[string]secrets.Secret, dir string) (State,
 	for k, v := range cfg.Env {
 		env[k] = v
 	}
+	// redash:secret-env: values: config refused names the agent writes or
+	// redash:env: sets, so nothing above is overridden.
+	for name := range cfg.Secrets {
+		if v, ok := secrets.EnvVar(name); ok {
+			env[v] = need(name).Reveal()
+		}
+	}
 	if len(errs) > 0 {
 		return State{}, errors.Join(errs...)
 	}

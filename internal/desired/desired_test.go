@@ -223,3 +223,22 @@ func TestDBSecretHostChecked(t *testing.T) {
 		})
 	}
 }
+
+// TestSecretEnv: a redash:secret-env: value reaches the env file under its
+// variable's name.
+func TestSecretEnv(t *testing.T) {
+	cfg := resolve(t, map[string]string{"db-endpoint": "db:5432", "redis-endpoint": "cache:6379", "secret-env:REDASH_MAIL_PASSWORD": "Redash/Mail#password"})
+	got := seed("u", "p")
+	got["env:REDASH_MAIL_PASSWORD"] = secret("env:REDASH_MAIL_PASSWORD", "m@il-s3cret")
+	st, err := Build(cfg, got, "/opt/redash")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Env["REDASH_MAIL_PASSWORD"] != "m@il-s3cret" {
+		t.Errorf("REDASH_MAIL_PASSWORD = %q", st.Env["REDASH_MAIL_PASSWORD"])
+	}
+	delete(got, "env:REDASH_MAIL_PASSWORD")
+	if _, err := Build(cfg, got, "/opt/redash"); err == nil || !strings.Contains(err.Error(), "env:REDASH_MAIL_PASSWORD") {
+		t.Errorf("missing secret-env value: err = %v", err)
+	}
+}

@@ -59,6 +59,9 @@ func tagFor(name string) string {
 	if name == DBSecret {
 		return "redash:db-secret"
 	}
+	if v, ok := EnvVar(name); ok {
+		return "redash:secret-env:" + v
+	}
 	return "redash:secret:" + name
 }
 

@@ -50,3 +50,15 @@ type Secret struct {
 	Value     Value
 	VersionID string
 }
+
+// envPrefix starts the logical name of a `redash:secret-env:<VAR>` secret:
+// "env:<VAR>". No seed secret name contains a colon, so the two never meet.
+const envPrefix = "env:"
+
+// EnvName is the logical name of the secret that fills environment
+// variable v (tag redash:secret-env:<v>).
+func EnvName(v string) string { return envPrefix + v }
+
+// EnvVar returns the environment variable a secret-env logical name fills,
+// and whether name is one.
+func EnvVar(name string) (string, bool) { return strings.CutPrefix(name, envPrefix) }
