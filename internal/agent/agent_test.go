@@ -76,6 +76,23 @@ func (f *fakeSM) GetSecretValue(_ context.Context, in *secretsmanager.GetSecretV
 	return &secretsmanager.GetSecretValueOutput{Name: in.SecretId, SecretString: aws.String(v), VersionId: aws.String("v-" + id)}, nil
 }
 
+// BatchGetSecretValue answers every id as GetSecretValue would, in one call.
+func (f *fakeSM) BatchGetSecretValue(ctx context.Context, in *secretsmanager.BatchGetSecretValueInput, _ ...func(*secretsmanager.Options)) (*secretsmanager.BatchGetSecretValueOutput, error) {
+	if f.fail != nil {
+		return nil, f.fail
+	}
+	out := &secretsmanager.BatchGetSecretValueOutput{}
+	for _, id := range in.SecretIdList {
+		v, ok := f.values[id]
+		if !ok {
+			out.Errors = append(out.Errors, types.APIErrorType{SecretId: aws.String(id), ErrorCode: aws.String("ResourceNotFoundException"), Message: aws.String("Secrets Manager can't find the specified secret.")})
+			continue
+		}
+		out.SecretValues = append(out.SecretValues, types.SecretValueEntry{Name: aws.String(id), SecretString: aws.String(v), VersionId: aws.String("v-" + id)})
+	}
+	return out, nil
+}
+
 var _ secrets.API = (*fakeSM)(nil)
 
 // Secret values of the fake; long enough that a leak is unmistakable.

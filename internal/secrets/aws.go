@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -22,16 +21,20 @@ import (
 	"github.com/redash-agent/redash-agent/internal/backoff"
 )
 
-// API is the one Secrets Manager call we use; tests fake it to inject faults
+// API is the Secrets Manager calls we use; tests fake it to inject faults
 // no real peer produces on demand (access denied, KMS failures).
+// BatchGetSecretValue reads every secret of a fetch in one call;
+// GetSecretValue is the fallback when the role may not batch, and reads
+// the AWSPREVIOUS stage.
 type API interface {
 	GetSecretValue(ctx context.Context, in *secretsmanager.GetSecretValueInput, optFns ...func(*secretsmanager.Options)) (*secretsmanager.GetSecretValueOutput, error)
+	BatchGetSecretValue(ctx context.Context, in *secretsmanager.BatchGetSecretValueInput, optFns ...func(*secretsmanager.Options)) (*secretsmanager.BatchGetSecretValueOutput, error)
 }
 
 var _ API = (*secretsmanager.Client)(nil)
 
-// maxParallel bounds concurrent GetSecretValue calls; there are about six
-// secrets, so this only matters for odd configurations.
+// maxParallel bounds concurrent GetSecretValue calls of the fallback;
+// there are about six secrets, so this only matters for odd configurations.
 const maxParallel = 8
 
 // Fetcher reads secrets from AWS Secrets Manager.
@@ -145,28 +148,12 @@ func (f *Fetcher) Fetch(ctx context.Context, refs []Ref) (map[string]Secret, err
 			ids = append(ids, r.SecretID)
 		}
 	}
-	results := make([]fetched, len(ids))
-	sem := make(chan struct{}, maxParallel)
-	var wg sync.WaitGroup
-	start := time.Now()
-	for i, id := range ids {
-		wg.Go(func() {
-			select {
-			case sem <- struct{}{}:
-			case <-ctx.Done():
-				results[i] = fetched{err: &budgetError{last: ctx.Err(), caller: parent.Err(), took: time.Since(start), budget: budget}}
-				return
-			}
-			defer func() { <-sem }()
-			results[i] = f.get(ctx, parent, id, p, budget, log)
-		})
-	}
-	wg.Wait()
+	results := f.getAll(ctx, parent, ids, p, budget, log)
 
 	got := make(map[string]Secret, len(refs))
 	var errs []error
 	for _, r := range refs {
-		res := results[slices.Index(ids, r.SecretID)]
+		res := results[r.SecretID]
 		if res.err != nil {
 			errs = append(errs, f.apiError(r, res.err))
 			continue
@@ -186,18 +173,36 @@ func (f *Fetcher) Fetch(ctx context.Context, refs []Ref) (map[string]Secret, err
 	return got, nil
 }
 
-// get reads one secret id: attempts of at most p.AttemptTimeout each, spaced
-// by p's backoff, until one succeeds, one fails for good, or ctx (the fetch's
-// deadline) ends. parent is the caller's context, to tell its cancellation
-// from our deadline.
-func (f *Fetcher) get(ctx, parent context.Context, id string, p Policy, budget string, log *slog.Logger) fetched {
-	start := time.Now()
+// getOne reads one secret id with GetSecretValue, retried within p.
+func (f *Fetcher) getOne(ctx, parent context.Context, id string, p Policy, budget string, log *slog.Logger) fetched {
 	in := &secretsmanager.GetSecretValueInput{SecretId: aws.String(id)}
+	var out *secretsmanager.GetSecretValueOutput
+	attempts, err := f.retry(ctx, parent, p, budget, log.With("secret_id", id), nil, func(actx context.Context) error {
+		var err error
+		out, err = f.API.GetSecretValue(actx, in)
+		if err == nil && out == nil {
+			err = errors.New("empty response")
+		}
+		return err
+	})
+	if err != nil {
+		return fetched{err: err, attempts: attempts}
+	}
+	return fetched{out: out, attempts: attempts}
+}
+
+// retry makes attempts of call, of at most p.AttemptTimeout each, spaced
+// by p's backoff, until one succeeds, one fails for good (not retryable,
+// or final says so), or ctx (the fetch's deadline) ends. parent is the
+// caller's context, to tell its cancellation from our deadline. log
+// carries what the call is about (the secret id or ids).
+func (f *Fetcher) retry(ctx, parent context.Context, p Policy, budget string, log *slog.Logger, final func(error) bool, call func(context.Context) error) (int, error) {
+	start := time.Now()
 	var prev error // the previous attempt's failure
 	for attempt := 1; ; attempt++ {
 		began := time.Now()
 		actx, cancel := context.WithTimeout(ctx, p.AttemptTimeout)
-		out, err := f.API.GetSecretValue(actx, in)
+		err := call(actx)
 		// The attempt's own clock, not the fetch's, cut it short: retry.
 		timedOut := err != nil && actx.Err() != nil && ctx.Err() == nil
 		// Either clock cut it short while waiting for an answer: the
@@ -206,17 +211,14 @@ func (f *Fetcher) get(ctx, parent context.Context, id string, p Policy, budget s
 			err = &attemptTimeout{after: time.Since(began).Round(time.Millisecond), err: err}
 		}
 		cancel()
-		if err == nil && out == nil {
-			err = errors.New("empty response")
-		}
 		if err == nil {
-			return fetched{out: out, attempts: attempt}
+			return attempt, nil
 		}
-		giveUp := func(last error) fetched {
+		giveUp := func(last error) (int, error) {
 			be := &budgetError{attempts: attempt, took: time.Since(start), last: last, caller: parent.Err(), budget: budget, attemptTimeout: p.AttemptTimeout}
-			log.Warn("giving up on Secrets Manager request", "secret_id", id, "endpoint", f.Endpoint,
+			log.Warn("giving up on Secrets Manager request", "endpoint", f.Endpoint,
 				"attempts", attempt, "took", be.took.Round(time.Millisecond), "error", last)
-			return fetched{err: be, attempts: attempt}
+			return attempt, be
 		}
 		if ctx.Err() != nil {
 			// The deadline cut this attempt in flight: the previous
@@ -228,12 +230,12 @@ func (f *Fetcher) get(ctx, parent context.Context, id string, p Policy, budget s
 			return giveUp(err)
 		}
 		prev = err
-		if !timedOut && !retryable(err) {
-			return fetched{err: err, attempts: attempt}
+		if !timedOut && (!retryable(err) || final != nil && final(err)) {
+			return attempt, err
 		}
 		delay := p.backoff(attempt, rand.Float64())
 		if left := time.Until(deadlineOf(ctx)); delay < left {
-			log.Warn("retrying Secrets Manager request", "secret_id", id, "endpoint", f.Endpoint,
+			log.Warn("retrying Secrets Manager request", "endpoint", f.Endpoint,
 				"failed_attempt", attempt, "delay", delay.Round(time.Millisecond),
 				"budget_left", left.Round(time.Millisecond), "error", err)
 		}

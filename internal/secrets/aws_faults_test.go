@@ -44,6 +44,15 @@ func awsErr(status int, code, msg string) reply {
 func newFaultServer(t *testing.T, script func(n int) reply) *faultServer {
 	fs := &faultServer{}
 	fs.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("X-Amz-Target") == "secretsmanager.BatchGetSecretValue" {
+			// As for a role without secretsmanager:BatchGetSecretValue: the
+			// Fetcher falls back to the GetSecretValue calls scripted here.
+			io.Copy(io.Discard, r.Body)
+			w.Header().Set("Content-Type", "application/x-amz-json-1.1")
+			w.WriteHeader(400)
+			io.WriteString(w, `{"__type":"AccessDeniedException","message":"not authorized to perform: secretsmanager:BatchGetSecretValue"}`)
+			return
+		}
 		if got := r.Header.Get("X-Amz-Target"); got != "secretsmanager.GetSecretValue" {
 			http.Error(w, "unexpected target "+got, http.StatusBadRequest)
 			return
@@ -224,6 +233,11 @@ func TestIsConfigError(t *testing.T) {
 }
 
 type noCallAPI struct{ t *testing.T }
+
+func (a noCallAPI) BatchGetSecretValue(context.Context, *secretsmanager.BatchGetSecretValueInput, ...func(*secretsmanager.Options)) (*secretsmanager.BatchGetSecretValueOutput, error) {
+	a.t.Error("BatchGetSecretValue called for refs that should have been rejected")
+	return nil, nil
+}
 
 func (a noCallAPI) GetSecretValue(context.Context, *secretsmanager.GetSecretValueInput, ...func(*secretsmanager.Options)) (*secretsmanager.GetSecretValueOutput, error) {
 	a.t.Error("GetSecretValue called for refs that should have been rejected")

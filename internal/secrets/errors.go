@@ -20,7 +20,7 @@ type Error struct {
 	Config bool
 	msg    string
 	err    error // cause; may be nil
-	kind   error // ErrNotFound, ErrAccessDenied or nil, for Is
+	kind   error // ErrNotFound, ErrAccessDenied, ErrNoPreviousVersion or nil, for Is
 }
 
 func (e *Error) Error() string { return e.msg }
@@ -51,6 +51,10 @@ var (
 	// ErrAccessDenied: the instance role may not call
 	// secretsmanager:GetSecretValue on the secret.
 	ErrAccessDenied = errors.New("access to the secret denied")
+	// ErrNoPreviousVersion: the secret has no version under the asked
+	// staging label (FetchStage with StagePrevious on a secret never
+	// rotated).
+	ErrNoPreviousVersion = errors.New("no previous version of the secret")
 )
 
 // tagFor names the instance tag that points at the logical secret, so an

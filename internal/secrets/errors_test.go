@@ -15,8 +15,12 @@ import (
 // isConfigError is how the CLI sees a secrets error: exit status 3.
 func isConfigError(err error) bool { return exitcode.Of(err) == exitcode.Config }
 
-// errAPI answers every GetSecretValue with one error.
+// errAPI answers every call with one error.
 type errAPI struct{ err error }
+
+func (a errAPI) BatchGetSecretValue(context.Context, *secretsmanager.BatchGetSecretValueInput, ...func(*secretsmanager.Options)) (*secretsmanager.BatchGetSecretValueOutput, error) {
+	return nil, a.err
+}
 
 func (a errAPI) GetSecretValue(context.Context, *secretsmanager.GetSecretValueInput, ...func(*secretsmanager.Options)) (*secretsmanager.GetSecretValueOutput, error) {
 	return nil, a.err
