@@ -173,7 +173,7 @@ func TestCloudFormationTemplate(t *testing.T) {
 	})
 
 	t.Run("instance role reads only the Redash secrets", func(t *testing.T) {
-		var sawSecrets, sawKMS bool
+		var sawSecrets, sawKMS, sawBatch bool
 		for _, pol := range res.path("InstanceRole", "Properties", "Policies").items() {
 			for _, st := range pol.path("PolicyDocument", "Statement").items() {
 				actions := st.get("Action").text()
@@ -183,6 +183,15 @@ func TestCloudFormationTemplate(t *testing.T) {
 				resources := st.get("Resource").items()
 				if st.get("Resource").Kind == yaml.ScalarNode {
 					resources = []node{st.get("Resource")}
+				}
+				// BatchGetSecretValue takes no resource ARN: "*" is its only
+				// form, and it returns only what GetSecretValue allows.
+				if strings.TrimSpace(actions) == "secretsmanager:BatchGetSecretValue" {
+					sawBatch = true
+					if len(resources) != 1 || resources[0].text() != "*" {
+						t.Errorf("BatchGetSecretValue statement on %d resources, want \"*\"", len(resources))
+					}
+					continue
 				}
 				for _, r := range resources {
 					if r.text() == "*" || strings.HasSuffix(r.text(), ":*") {
@@ -218,8 +227,8 @@ func TestCloudFormationTemplate(t *testing.T) {
 				}
 			}
 		}
-		if !sawSecrets || !sawKMS {
-			t.Errorf("instance role: secrets statement %v, kms statement %v; want both", sawSecrets, sawKMS)
+		if !sawSecrets || !sawKMS || !sawBatch {
+			t.Errorf("instance role: secrets statement %v, kms statement %v, batch statement %v; want all three", sawSecrets, sawKMS, sawBatch)
 		}
 		if mp := res.path("InstanceRole", "Properties", "ManagedPolicyArns"); mp.Node != nil {
 			t.Errorf("instance role has managed policies %v: they would widen what the instances can read", mp.items())
