@@ -92,6 +92,9 @@ type Agent struct {
 	sched *schedulerLease
 	// watch is what run's fast looks compare against (watch.go).
 	watch watchState
+	// secretWatch is what the look for new secret versions compares
+	// against (secretwatch.go).
+	secretWatch secretWatch
 	// notConfiguredGrace and tagsPoll are unconfiguredTagsGrace and
 	// tagsPollInterval; tests shorten them.
 	notConfiguredGrace, tagsPoll time.Duration
@@ -351,6 +354,9 @@ func (a *Agent) FetchSecrets(ctx context.Context, cfg config.Config) (map[string
 		// secret or key, 1 when Secrets Manager kept failing.
 		var err error
 		got, err = store.Fetch(ctx, refs)
+		if err == nil {
+			a.sawSecrets(cfg, refs, got)
+		}
 		return err
 	})
 	return got, err

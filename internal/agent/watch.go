@@ -90,12 +90,6 @@ func host() string {
 	return h
 }
 
-// secretsChanged says which secret has a new version in its store since the
-// last converge fetched it, or "".
-func (a *Agent) secretsChanged(ctx context.Context) string {
-	return "" // issue 11: the one-call version look (secrets.Versions) goes here
-}
-
 // closeWatch ends the watch's session.
 func (a *Agent) closeWatch() {
 	if a.watch.conn != nil {
