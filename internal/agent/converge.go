@@ -295,7 +295,7 @@ func (a *Agent) Migrate(ctx context.Context, r Rendered, eng *engine.Engine) (mi
 			Logger:     a.log,
 		})
 		if err != nil {
-			return a.explainLocalAuth(r, err)
+			return a.explainRefusedCredentials(r, a.explainLocalAuth(r, err))
 		}
 		a.log.Info("database state", "step", "migrate database", "before", res.Before, "after", res.After, "ran", res.Ran, "head", res.Head)
 		return nil

@@ -12,9 +12,11 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/redash-agent/redash-agent/internal/config"
+	"github.com/redash-agent/redash-agent/internal/migrate"
 	"github.com/redash-agent/redash-agent/internal/secrets"
 )
 
@@ -99,3 +101,32 @@ func (a *Agent) secretsChanged(ctx context.Context) string {
 	}
 	return ""
 }
+
+// explainRefusedCredentials turns the database refusing the login the
+// secrets give (for every role: migrate connects first, before any
+// container changes) into what it means after a rotation and what to do.
+// The cause stays wrapped: migrate.IsAuthFailure and exit codes still see it.
+func (a *Agent) explainRefusedCredentials(r Rendered, err error) error {
+	if r.State.Spec.Local || !migrate.IsAuthFailure(err) {
+		return err
+	}
+	var from []string
+	for _, name := range []string{secrets.DBUser, secrets.DBPassword, secrets.DBSecret} {
+		if s, ok := r.Secrets[name]; ok {
+			from = append(from, fmt.Sprintf("%s (id %q, version %s)", name, s.Ref.String(), s.VersionID))
+		}
+	}
+	return &refusedCredentials{err: err, msg: fmt.Sprintf("the database refused the credentials of secret(s) %s: no container was changed, the running ones keep the credentials they started with. "+
+		"If the password was just rotated, the secret's AWSCURRENT version must hold the password the database now accepts: store it with `aws secretsmanager put-secret-value`, "+
+		"or finish the rotation (ALTER ROLE ... PASSWORD ...); the agent applies a version that logs in within secret-poll (default 10s) or at the next refresh",
+		strings.Join(from, ", "))}
+}
+
+// refusedCredentials is a refused login explained; Unwrap keeps the cause.
+type refusedCredentials struct {
+	err error
+	msg string
+}
+
+func (e *refusedCredentials) Error() string { return e.msg + ": " + e.err.Error() }
+func (e *refusedCredentials) Unwrap() error { return e.err }
