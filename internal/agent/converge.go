@@ -37,6 +37,9 @@ type UpResult struct {
 	Files   Changes
 	Migrate migrate.Result
 	Plan    engine.Plan
+	// KeysNote says why the secret key in use is not Secrets Manager's
+	// AWSCURRENT (a refused or pending rotation), for STATUS; "" when it is.
+	KeysNote string
 }
 
 // docker connects to Docker and returns the engine over it; the caller
@@ -100,6 +103,7 @@ func (a *Agent) Up(ctx context.Context) (UpResult, error) {
 			return res, err
 		}
 	}
+	res.KeysNote = r.keys.note
 	if res.Files, err = a.Write(ctx, r); err != nil {
 		return res, err
 	}

@@ -33,6 +33,7 @@ import (
 	"github.com/redash-agent/redash-agent/internal/compose"
 	"github.com/redash-agent/redash-agent/internal/config"
 	"github.com/redash-agent/redash-agent/internal/desired"
+	"github.com/redash-agent/redash-agent/internal/doctor"
 	"github.com/redash-agent/redash-agent/internal/exitcode"
 	"github.com/redash-agent/redash-agent/internal/fernet"
 	"github.com/redash-agent/redash-agent/internal/migrate"
@@ -420,3 +421,31 @@ func (a *Agent) reencrypt(ctx context.Context, r *Rendered, old, new secrets.Val
 }
 
 func indent(s string) string { return "  " + strings.ReplaceAll(s, "\n", "\n  ") }
+
+// checkKeys is doctor's look at the two keys: what the records say against
+// Secrets Manager, read only.
+func (a *Agent) checkKeys(r Rendered) doctor.Result {
+	v := r.keys
+	switch {
+	case r.Config.Provider == config.ProviderLocal:
+		return doctor.Result{Status: doctor.OK, Detail: "provider local: the secret key and cookie secret never rotate, so nothing is coordinated"}
+	case !v.checked:
+		return doctor.Result{Status: doctor.Warn, Detail: "the cluster's key records (schema " + cluster.Schema + ") could not be read",
+			Fix: "see the database check; until they are read, a rotated secret key is not applied safely"}
+	}
+	switch v.secretKey {
+	case keyRefuseNoReencrypt:
+		return doctor.Result{Status: doctor.Warn, Detail: v.note, Fix: "upgrade to Redash 10 or later, or put the previous value back as AWSCURRENT"}
+	case keyUnknown:
+		return doctor.Result{Status: doctor.Fail, Detail: v.note, Fix: "put the value the cluster records back as AWSCURRENT (see the detail)"}
+	case keyRotate:
+		return doctor.Result{Status: doctor.Warn, Detail: v.note + "; the next converge (up, or run within seconds) does it"}
+	}
+	if v.cookie == keyFollow {
+		return doctor.Result{Status: doctor.Warn, Detail: "the cookie secret changed in Secrets Manager; the next converge records it and users will have to log in again"}
+	}
+	if v.secretKey == keyRecord || v.cookie == keyRecord {
+		return doctor.Result{Status: doctor.OK, Detail: "not recorded yet: the next up records the current values"}
+	}
+	return doctor.Result{Status: doctor.OK, Detail: "the secret key and the cookie secret are the values the cluster records"}
+}

@@ -5,6 +5,8 @@ import (
 
 	"github.com/redash-agent/redash-agent/internal/cluster"
 	"github.com/redash-agent/redash-agent/internal/compose"
+	"github.com/redash-agent/redash-agent/internal/config"
+	"github.com/redash-agent/redash-agent/internal/doctor"
 )
 
 // The rule: record vs AWSCURRENT vs AWSPREVIOUS -> action, without I/O.
@@ -44,5 +46,29 @@ func TestCanReencrypt(t *testing.T) {
 		if canReencrypt(f) != want {
 			t.Errorf("%s: canReencrypt %v, want %v", v, !want, want)
 		}
+	}
+}
+
+func TestCheckKeys(t *testing.T) {
+	a := &Agent{}
+	aws := config.Config{Provider: config.ProviderAWS}
+	for _, c := range []struct {
+		v    keyView
+		want doctor.Status
+	}{
+		{keyView{}, doctor.Warn},
+		{keyView{checked: true}, doctor.OK},
+		{keyView{checked: true, secretKey: keyRecord, cookie: keyRecord}, doctor.OK},
+		{keyView{checked: true, secretKey: keyRotate}, doctor.Warn},
+		{keyView{checked: true, secretKey: keyRefuseNoReencrypt, note: "refused"}, doctor.Warn},
+		{keyView{checked: true, secretKey: keyUnknown, note: "refusing"}, doctor.Fail},
+		{keyView{checked: true, cookie: keyFollow}, doctor.Warn},
+	} {
+		if got := a.checkKeys(Rendered{Config: aws, keys: c.v}); got.Status != c.want {
+			t.Errorf("%+v: %s (%s), want %s", c.v, got.Status, got.Detail, c.want)
+		}
+	}
+	if got := a.checkKeys(Rendered{Config: config.Config{Provider: config.ProviderLocal}}); got.Status != doctor.OK {
+		t.Errorf("provider local: %s", got.Status)
 	}
 }
