@@ -98,6 +98,8 @@ type Agent struct {
 	// notConfiguredGrace and tagsPoll are unconfiguredTagsGrace and
 	// tagsPollInterval; tests shorten them.
 	notConfiguredGrace, tagsPoll time.Duration
+	// keysHold spaces failed secret-key re-encryptions (keys.go).
+	keysHold keyHold
 }
 
 // instanceReader is the one IMDS call the agent makes.
@@ -370,10 +372,19 @@ type Rendered struct {
 	Project *types.Project
 	EnvFile []byte
 	Compose []byte
+	// keys is what the cluster's records say about the secret key and the
+	// cookie secret (keys.go).
+	keys keyView
 }
 
-// Render resolves, fetches and renders, without writing anything.
-func (a *Agent) Render(ctx context.Context) (Rendered, error) {
+// Render resolves, fetches and renders, without writing anything. The
+// secret key and cookie secret are the ones the cluster's records say
+// (keys.go): read, never written.
+func (a *Agent) Render(ctx context.Context) (Rendered, error) { return a.render(ctx, false) }
+
+// render is Render; forUp makes a refused secret key an error (up and run
+// keep their containers) rather than a warning (dry runs, status).
+func (a *Agent) render(ctx context.Context, forUp bool) (Rendered, error) {
 	var out Rendered
 	res, err := a.Resolve(ctx)
 	if err != nil {
@@ -384,25 +395,36 @@ func (a *Agent) Render(ctx context.Context) (Rendered, error) {
 		return out, err
 	}
 	err = a.step(ctx, "render env file and compose file", func(ctx context.Context) error {
-		// desired, compose and envfile reject only what the configuration
-		// or the secrets' contents gave them: configuration errors.
-		st, err := desired.Build(res.Config, out.Secrets, a.o.Dir)
-		if err != nil {
-			return exitcode.ConfigError(err)
+		if st, err := desired.Build(res.Config, out.Secrets, a.o.Dir); err == nil {
+			if out.keys, err = a.readKeys(ctx, res.Config, out.Secrets, st.DB, forUp); err != nil {
+				return err
+			}
 		}
-		out.State = st
-		if out.Project, err = compose.Project(st.Spec); err != nil {
-			return exitcode.ConfigError(fmt.Errorf("building the compose project: %w", err))
-		}
-		if out.Compose, err = compose.Marshal(out.Project); err != nil {
-			return fmt.Errorf("writing the compose project as YAML: %w", err)
-		}
-		if out.EnvFile, err = envfile.Render(st.Env); err != nil {
-			return exitcode.ConfigError(fmt.Errorf("rendering the env file: %w", err))
-		}
-		return nil
+		return a.renderFiles(&out)
 	})
 	return out, err
+}
+
+// renderFiles builds the state, the compose project and both files from
+// r.Config and r.Secrets.
+func (a *Agent) renderFiles(out *Rendered) error {
+	// desired, compose and envfile reject only what the configuration
+	// or the secrets' contents gave them: configuration errors.
+	st, err := desired.Build(out.Config, out.Secrets, a.o.Dir)
+	if err != nil {
+		return exitcode.ConfigError(err)
+	}
+	out.State = st
+	if out.Project, err = compose.Project(st.Spec); err != nil {
+		return exitcode.ConfigError(fmt.Errorf("building the compose project: %w", err))
+	}
+	if out.Compose, err = compose.Marshal(out.Project); err != nil {
+		return fmt.Errorf("writing the compose project as YAML: %w", err)
+	}
+	if out.EnvFile, err = envfile.Render(st.Env); err != nil {
+		return exitcode.ConfigError(fmt.Errorf("rendering the env file: %w", err))
+	}
+	return nil
 }
 
 // Changes says which written files changed.

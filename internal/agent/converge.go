@@ -37,6 +37,9 @@ type UpResult struct {
 	Files   Changes
 	Migrate migrate.Result
 	Plan    engine.Plan
+	// KeysNote says why the secret key in use is not Secrets Manager's
+	// AWSCURRENT (a refused or pending rotation), for STATUS; "" when it is.
+	KeysNote string
 }
 
 // docker connects to Docker and returns the engine over it; the caller
@@ -81,7 +84,7 @@ func (a *Agent) Up(ctx context.Context) (UpResult, error) {
 	var res UpResult
 	// Rendering only reads (tags, secrets), so it may run before the lock;
 	// an instance with nothing to configure then never creates --dir.
-	r, err := a.Render(ctx)
+	r, err := a.render(ctx, true)
 	if err != nil {
 		return res, err
 	}
@@ -91,6 +94,16 @@ func (a *Agent) Up(ctx context.Context) (UpResult, error) {
 		return res, err
 	}
 	defer lock.Release()
+	// The secret key and cookie secret the cluster agreed on (keys.go):
+	// recorded, followed or re-encrypted under the migration lock.
+	if changed, err := a.settleKeys(ctx, &r); err != nil {
+		return res, err
+	} else if changed {
+		if err := a.renderFiles(&r); err != nil {
+			return res, err
+		}
+	}
+	res.KeysNote = r.keys.note
 	if res.Files, err = a.Write(ctx, r); err != nil {
 		return res, err
 	}

@@ -104,6 +104,9 @@ func (a *Agent) Doctor(ctx context.Context, offline bool) doctor.Report {
 		doctor.Check{Name: "files", Needs: []string{"configuration and secrets"}, Run: func(ctx context.Context) doctor.Result {
 			return a.checkFiles(r)
 		}},
+		doctor.Check{Name: "secret key and cookie secret", Needs: []string{"configuration and secrets"}, Run: func(ctx context.Context) doctor.Result {
+			return a.checkKeys(r)
+		}},
 		doctor.Check{Name: "database", Needs: []string{"configuration and secrets", "docker"}, Run: func(ctx context.Context) doctor.Result {
 			return a.checkDatabase(ctx, r, eng)
 		}},

@@ -116,7 +116,11 @@ func (a *Agent) Run(ctx context.Context, n Notifier) error {
 		return err
 	}
 	a.log.Info("boot finished", append([]any{"step", "boot", "took", time.Since(boot).Round(time.Millisecond)}, a.timingAttrs()...)...)
-	n.Ready(fmt.Sprintf("ready: Redash %s converged (%d changes); next refresh in about %s", res.Config.Version, res.Plan.Mutations(), res.Config.Refresh))
+	ready := fmt.Sprintf("ready: Redash %s converged (%d changes); next refresh in about %s", res.Config.Version, res.Plan.Mutations(), res.Config.Refresh)
+	if res.KeysNote != "" {
+		ready += "; " + res.KeysNote
+	}
+	n.Ready(ready)
 
 	refresh := res.Config.Refresh
 	project := res.Config.Project
@@ -208,6 +212,10 @@ func (a *Agent) Run(ctx context.Context, n Notifier) error {
 		}
 		dockerDown, flaps = false, 0
 		refresh, project = res2.Config.Refresh, res2.Config.Project
+		if res2.KeysNote != "" {
+			n.Status("ready: converged after %s (%d changes); %s", reason, res2.Plan.Mutations(), res2.KeysNote)
+			continue
+		}
 		n.Status("ready: converged after %s (%d changes)", reason, res2.Plan.Mutations())
 	}
 }

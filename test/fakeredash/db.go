@@ -114,6 +114,8 @@ func createDB(ctx context.Context, conn *pgx.Conn, head string) error {
 	if _, err := tx.Exec(ctx, `
 CREATE TABLE public.organizations (id serial PRIMARY KEY, name text NOT NULL);
 CREATE TABLE public.users (id serial PRIMARY KEY, org_id int REFERENCES public.organizations (id), email text NOT NULL);
+CREATE TABLE public.data_sources (id serial PRIMARY KEY, name text NOT NULL, encrypted_options text);
+CREATE TABLE public.notification_destinations (id serial PRIMARY KEY, name text NOT NULL, encrypted_options text);
 CREATE TABLE public.alembic_version (version_num varchar(32) NOT NULL PRIMARY KEY)`); err != nil {
 		return err
 	}

@@ -7,6 +7,7 @@
 //	nginx                   proxy :80 to redash:5000 (the compose alias)
 //	create_db, manage ...   act on the real Postgres named by REDASH_DATABASE_URL
 //	env                     print the environment and exit
+//	python -c <script>      the agent's reencrypt script (datasources.go)
 //
 // With FAKEREDASH_FAMILY set it plays one Redash release (family.go): its
 // entrypoint commands (commands.go), its ProxyFix and boot delay
@@ -29,6 +30,9 @@ func main() {
 // run dispatches one entrypoint command. The long-running roles live in
 // serve.go, the database commands in db.go, a family's own in commands.go.
 func run(cmd string, args []string) int {
+	if cmd == "python" { // the agent's reencrypt one-off (datasources.go)
+		return runPython(familyFromEnv(), args)
+	}
 	if f := familyFromEnv(); !f.plain() {
 		// A release's image: its own command set (commands.go).
 		if code, handled := runFamily(f, cmd, args); handled {

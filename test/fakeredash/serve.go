@@ -69,6 +69,9 @@ func serve(cmd string, args []string) int {
 	var err error
 	switch cmd {
 	case "server":
+		if _, ok := os.LookupEnv("REDASH_DATABASE_URL"); ok {
+			go recordServerStart() // datasources.go
+		}
 		err = serveServer(ctx, familyFromEnv(), familyServer(familyFromEnv(), serverHandler(os.Environ)))
 	case "nginx": // nginx.go
 		err = runNginx(ctx)
@@ -98,6 +101,7 @@ func serverHandler(environ func() []string) http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		writeEnvJSON(w, environ())
 	})
+	addDataSourceRoutes(mux) // datasources.go
 	return mux
 }
 
