@@ -92,6 +92,8 @@ type Agent struct {
 	sched *schedulerLease
 	// watch is what run's fast looks compare against (watch.go).
 	watch watchState
+	// pause is this instance's part in a fleet's schema upgrade (pause.go).
+	pause pauseState
 	// notConfiguredGrace and tagsPoll are unconfiguredTagsGrace and
 	// tagsPollInterval; tests shorten them.
 	notConfiguredGrace, tagsPoll time.Duration

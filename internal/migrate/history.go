@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+
+	"github.com/redash-agent/redash-agent/internal/desired"
 )
 
 // historyKeySuffix marks an image's revision list in the heads cache, beside
@@ -74,4 +76,29 @@ func parseHistory(out string) []string {
 		}
 	}
 	return revs
+}
+
+// CachedHistory returns the revisions remembered for imageID, without
+// running anything (for `status` and doctor).
+func CachedHistory(path, imageID string) ([]string, bool) {
+	cache, err := readHeads(path)
+	if err != nil || cache[imageID+historyKeySuffix] == "" {
+		return nil, false
+	}
+	return strings.Split(cache[imageID+historyKeySuffix], ","), true
+}
+
+// InspectKnown is Inspect that also tells StateAhead from StateBehind when
+// the image's revisions are known (nil: it cannot, and says behind).
+func InspectKnown(ctx context.Context, t desired.DB, head string, revisions []string) (State, error) {
+	st, version, err := inspectVersion(ctx, t, head)
+	if err != nil || st != StateBehind || revisions == nil {
+		return st, redactUser(err, t.User)
+	}
+	for _, v := range version {
+		if !slices.Contains(revisions, v) {
+			return StateAhead, nil
+		}
+	}
+	return st, nil
 }
