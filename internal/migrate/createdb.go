@@ -48,15 +48,12 @@ func markCreateDB(ctx context.Context, conn *pgx.Conn, o Options, phase string) 
 // With rows in any table it refuses with what it found; with no such record
 // it returns false (a foreign database, refused by the caller).
 func partialCreateDB(ctx context.Context, conn *pgx.Conn, o Options, version []string, log *slog.Logger) (bool, error) {
-	if len(version) > 0 { // a revision, or several: not create_db's doing
+	if !createDBStarted(ctx, conn, version) { // a revision, or no create_db of the agent's: not its doing
 		return false, nil
 	}
 	st, err := cluster.Read(ctx, conn)
 	if err != nil {
 		return false, err
-	}
-	if st.CreateDB == nil || st.CreateDB.Phase != cluster.CreateStarted {
-		return false, nil
 	}
 	tables, err := publicTables(ctx, conn)
 	if err != nil {
@@ -99,4 +96,14 @@ func publicTables(ctx context.Context, conn *pgx.Conn) ([]string, error) {
 		return nil, err
 	}
 	return pgx.CollectRows(rows, pgx.RowTo[string])
+}
+
+// createDBStarted says whether tables without a revision may be a create_db
+// under way (or cut short): the records say one started and did not finish.
+func createDBStarted(ctx context.Context, conn *pgx.Conn, version []string) bool {
+	if len(version) > 0 {
+		return false
+	}
+	st, err := cluster.Read(ctx, conn)
+	return err == nil && st.CreateDB != nil && st.CreateDB.Phase == cluster.CreateStarted
 }

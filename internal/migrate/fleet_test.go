@@ -342,3 +342,23 @@ func TestRunNeverCutsAMigrationShort(t *testing.T) {
 		t.Errorf("no progress line")
 	}
 }
+
+// TestWorkerWaitsThroughACreateDB: tables without a revision while the
+// records say a create_db runs are not "unknown" to a worker: it waits for
+// the stamp.
+func TestWorkerWaitsThroughACreateDB(t *testing.T) {
+	pg := testenv.Postgres(t)
+	db := pg.NewDatabase(t)
+	withCluster(t, pg, db, func(ctx context.Context, q cluster.Querier) error {
+		return cluster.Put(ctx, q, cluster.RecCreateDB, cluster.CreateDB{Phase: cluster.CreateStarted, By: "i-0"}, "i-0")
+	})
+	execSQL(t, pg, db, "CREATE TABLE organizations (id int)")
+	go func() {
+		time.Sleep(1500 * time.Millisecond)
+		execSQL(t, pg, db, "CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY); INSERT INTO alembic_version VALUES ('r2')")
+	}()
+	res, err := Run(context.Background(), Options{DB: target(pg, db), Image: "img", Project: "p", Role: compose.RoleWorker, Runner: &headsRunner{t: t, head: "r2"}, Deadline: 20 * time.Second, Logger: testLogger(t)})
+	if err != nil || res.After != StateCurrent {
+		t.Fatalf("worker Run = %+v, %v", res, err)
+	}
+}

@@ -533,7 +533,11 @@ func waitForHead(ctx context.Context, conn *pgx.Conn, o Options, res Result, log
 		case StateAhead:
 			return res, aheadError(o, version, res.Head)
 		case StateUnknown:
-			return res, fmt.Errorf("database %q at %s has tables but alembic_version is %s: not a Redash database; point redash:db-name at the Redash database", dbLabel(o.DB), o.DB.Addr(), describeVersion(version))
+			// create_db commits table by table and stamps last: another
+			// instance's create_db under way looks like this for a while.
+			if !createDBStarted(ctx, conn, version) {
+				return res, fmt.Errorf("database %q at %s has tables but alembic_version is %s: not a Redash database; point redash:db-name at the Redash database", dbLabel(o.DB), o.DB.Addr(), describeVersion(version))
+			}
 		}
 		log.Info("waiting for another instance to migrate", "state", st, "version", version, "head", res.Head)
 		if backoff.Sleep(ctx, backoff.Spread(workerPoll)) != nil {
