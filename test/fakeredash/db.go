@@ -14,7 +14,9 @@ package main
 //	manage db history    print Alembic's history, newest first:
 //	                     "<down> -> <rev> (head), <doc>" ... "<base> -> <rev>, <doc>"
 //	                     for FAKEREDASH_HISTORY (comma-separated earlier
-//	                     revisions, oldest first) then the head
+//	                     revisions, oldest first) then the head; unset, a
+//	                     head that ends in a number N (rev3) has the
+//	                     earlier ones of its prefix (rev1, rev2)
 //	manage db upgrade    when version_num != head: add one table for the head
 //	                     revision and set version_num = head, in one transaction
 //
@@ -60,7 +62,12 @@ func runDB(cmd string, args []string) int {
 		fmt.Printf("%s (head)\n", head)
 		return 0
 	case "manage db history":
-		fmt.Print(history(splitQueues(os.Getenv("FAKEREDASH_HISTORY")), head))
+		earlier, set := os.LookupEnv("FAKEREDASH_HISTORY")
+		revs := splitQueues(earlier)
+		if !set {
+			revs = numberedHistory(head)
+		}
+		fmt.Print(history(revs, head))
 		return 0
 	case "create_db", "manage database create_tables":
 		err = withDB(ctx, full, func(conn *pgx.Conn) error { return createDB(ctx, conn, head) })
@@ -168,6 +175,23 @@ func createDB(ctx context.Context, conn *pgx.Conn, head string) error {
 	}
 	fmt.Printf("created tables, stamped %s\n", head)
 	return nil
+}
+
+var trailingNumber = regexp.MustCompile(`^(.*?)([0-9]+)$`)
+
+// numberedHistory is the default history of head: rev3 follows rev1 and
+// rev2; a head without a number has none.
+func numberedHistory(head string) []string {
+	m := trailingNumber.FindStringSubmatch(head)
+	if m == nil {
+		return nil
+	}
+	n, _ := strconv.Atoi(m[2])
+	var out []string
+	for i := 1; i < n; i++ {
+		out = append(out, m[1]+strconv.Itoa(i))
+	}
+	return out
 }
 
 // history is Alembic's `history` output (cmd_format with parents and doc)

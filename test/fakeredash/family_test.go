@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -199,5 +200,13 @@ func TestHistoryIsAlembicsFormat(t *testing.T) {
 	}
 	if got := history(nil, "rev1"); got != "<base> -> rev1 (head), fake revision rev1\n" {
 		t.Errorf("history of one revision = %q", got)
+	}
+}
+
+func TestNumberedHistory(t *testing.T) {
+	for head, want := range map[string]string{"rev3": "rev1,rev2", "r1": "", "lrev2": "lrev1", "abc": ""} {
+		if got := strings.Join(numberedHistory(head), ","); got != want {
+			t.Errorf("numberedHistory(%q) = %q, want %q", head, got, want)
+		}
 	}
 }
