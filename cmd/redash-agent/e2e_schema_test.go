@@ -233,6 +233,10 @@ func TestUpgradeWithJobsRunning(t *testing.T) {
 	time.Sleep(8 * time.Second) // v2 workers take jobs
 	close(stopJobs)
 	enqueuer.Wait()
+	// No new job starts from here: what started must finish.
+	if err := rc.Del(context.Background(), "rq:queue:queries").Err(); err != nil {
+		t.Fatal(err)
+	}
 
 	// The record and the moment the schema began to change (the stand-in
 	// records each command before it acts).
@@ -257,9 +261,14 @@ func TestUpgradeWithJobsRunning(t *testing.T) {
 	if u.Phase != cluster.PhaseDone || u.FromHead != "rev1" || u.ToHead != "rev2" {
 		t.Errorf("upgrade record = %+v", u)
 	}
-	t.Logf("switched %s; upgrade announced %s after, migration began %s after the announcement, done %s after it: old workers paused %s on b (drain %s)",
-		switched.Format(time.RFC3339), u.StartedAt.Sub(switched).Round(time.Millisecond), migStart.Sub(u.StartedAt).Round(time.Millisecond),
-		u.EndedAt.Sub(u.StartedAt).Round(time.Millisecond), v2Worker.State.StartedAt, migStart.Sub(u.StartedAt).Round(time.Millisecond))
+	v2Started, err := time.Parse(time.RFC3339Nano, v2Worker.State.StartedAt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("measured: upgrade announced %s after the switch; drain (announced -> migration began) %s; migration began -> done %s; "+
+		"b's workers paused for %s (announced -> v2 worker started)",
+		u.StartedAt.Sub(switched).Round(time.Millisecond), migStart.Sub(u.StartedAt).Round(time.Millisecond),
+		u.EndedAt.Sub(migStart).Round(time.Millisecond), v2Started.Sub(u.StartedAt).Round(time.Millisecond))
 
 	// Every job that started finishes (warm shutdown), bounded.
 	idsMu.Lock()
@@ -278,7 +287,7 @@ func TestUpgradeWithJobsRunning(t *testing.T) {
 			queued++
 			continue
 		case j.status != "finished":
-			t.Errorf("job %s: status %q, want finished (a running job must finish)", id, j.status)
+			t.Errorf("job %s: status %q (worker head %q, started %s), want finished: a running job must finish", id, j.status, j.head, j.started.Format(time.RFC3339Nano))
 		}
 		switch j.head {
 		case "rev1":
@@ -299,7 +308,7 @@ func TestUpgradeWithJobsRunning(t *testing.T) {
 	if v1Jobs == 0 || v2Jobs == 0 {
 		t.Errorf("want jobs run by both versions (v1 %d, v2 %d)", v1Jobs, v2Jobs)
 	}
-	if started, err := time.Parse(time.RFC3339Nano, v2Worker.State.StartedAt); err != nil || started.Before(u.EndedAt) {
+	if v2Started.Before(u.EndedAt) {
 		t.Errorf("b's v2 worker started at %s, before the upgrade was done at %s", v2Worker.State.StartedAt, u.EndedAt)
 	}
 	// a runs v1 against a rev2 schema: its workers stay paused.
