@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/compose-spec/compose-go/v2/types"
+	"github.com/docker/docker/api/types/container"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/redash-agent/redash-agent/internal/cluster"
@@ -250,16 +251,17 @@ func drainWait(r Rendered) time.Duration {
 // grace (a warm shutdown: running jobs finish) without a converge: the
 // watch's reaction to an announced upgrade, and the upgrader's PauseOld.
 // The containers are only stopped; the next converge's plan removes or
-// recreates them.
-func (a *Agent) stopJobs(ctx context.Context, eng *engine.Engine, d engine.Desired, why string) error {
+// recreates them. It returns the IDs it stopped.
+func (a *Agent) stopJobs(ctx context.Context, eng *engine.Engine, d engine.Desired, why string) ([]string, error) {
 	if d.Project == nil {
-		return nil
+		return nil, nil
 	}
 	cs, err := eng.Containers(ctx, d.Project.Name)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	p := engine.Plan{Project: d.Project.Name}
+	var names, ids []string
 	for _, c := range cs {
 		if c.OneOff || !jobService(c.Service) || c.State != "running" {
 			continue
@@ -268,17 +270,14 @@ func (a *Agent) stopJobs(ctx context.Context, eng *engine.Engine, d engine.Desir
 			continue // its stop grace is not known here; the plan stops it
 		}
 		p.Actions = append(p.Actions, engine.Action{Stage: engine.StageContainers, Kind: engine.ActStop, Service: c.Service, Container: c.Name, ID: c.ID, Reason: why})
+		names, ids = append(names, c.Name), append(ids, c.ID)
 	}
 	if len(p.Actions) == 0 {
-		return nil
-	}
-	names := make([]string, len(p.Actions))
-	for i, act := range p.Actions {
-		names[i] = act.Container
+		return nil, nil
 	}
 	slices.Sort(names)
 	a.log.Info("stopping the scheduler and workers (warm shutdown: running jobs finish)", "step", "upgrade pause", "containers", names, "reason", why)
-	return eng.Apply(ctx, d, p, engine.StageContainers)
+	return ids, eng.Apply(ctx, d, p, engine.StageContainers)
 }
 
 // pauseNow is the watch's reaction to a new pause decision: stop the job
@@ -295,7 +294,7 @@ func (a *Agent) pauseNow(ctx context.Context) bool {
 		return false
 	}
 	defer eng.Close()
-	if err := a.stopJobs(ctx, eng, p.last, reasonPaused+" (to revision "+p.pausedFor+")"); err != nil {
+	if _, err := a.stopJobs(ctx, eng, p.last, reasonPaused+" (to revision "+p.pausedFor+")"); err != nil {
 		a.log.Error("pausing the scheduler and workers; the next converge stops them", "step", "upgrade pause", "err", err)
 		return false
 	}
@@ -304,13 +303,29 @@ func (a *Agent) pauseNow(ctx context.Context) bool {
 
 // pauseOld is the upgrader's migrate.Options.PauseOld: stop this instance's
 // own job containers (the old version's) before the upgrade runs; the
-// converge's plan then recreates them with the new image after it.
-func (a *Agent) pauseOld(r Rendered, eng *engine.Engine) func(context.Context) error {
-	return func(ctx context.Context) error {
+// converge's plan then recreates them with the new image after it. Should
+// the upgrade fail, resume starts them again as they were.
+func (a *Agent) pauseOld(r Rendered, eng *engine.Engine) func(context.Context) (func(context.Context), error) {
+	return func(ctx context.Context) (func(context.Context), error) {
 		d, err := a.desired(r)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		return a.stopJobs(ctx, eng, d, "the schema upgrade this instance runs")
+		ids, err := a.stopJobs(ctx, eng, d, "the schema upgrade this instance runs")
+		resume := func(ctx context.Context) {
+			for _, id := range ids {
+				if err := eng.Docker.ContainerStart(ctx, id, container.StartOptions{}); err != nil {
+					a.log.Error("starting an old worker again after the failed upgrade; the next converge does", "step", "upgrade pause", "container", id, "err", err)
+				}
+			}
+			if len(ids) > 0 {
+				a.log.Info("the upgrade failed: this instance's old scheduler and workers run again", "step", "upgrade pause", "containers", len(ids))
+			}
+		}
+		if err != nil {
+			resume(ctx)
+			return nil, err
+		}
+		return resume, nil
 	}
 }

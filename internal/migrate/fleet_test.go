@@ -210,7 +210,7 @@ func TestRunRefusesADatabaseAhead(t *testing.T) {
 			paused := false
 			start := time.Now()
 			res, err := Run(context.Background(), Options{DB: target(pg, db), Image: "img:old", Project: "p", Role: role, Runner: r, Deadline: time.Minute,
-				PauseOld: func(context.Context) error { paused = true; return nil }, Logger: testLogger(t)})
+				PauseOld: func(context.Context) (func(context.Context), error) { paused = true; return func(context.Context) {}, nil }, Logger: testLogger(t)})
 			if err == nil {
 				t.Fatalf("Run = %+v, want a refusal", res)
 			}
@@ -276,7 +276,7 @@ func TestRunUpgradeDrainsTheFleet(t *testing.T) {
 	}()
 	start := time.Now()
 	res, err := Run(context.Background(), Options{DB: target(pg, db), Image: "img:new", Project: "p", Instance: "i-new", Runner: r, Logger: testLogger(t),
-		PauseOld: func(context.Context) error { pausedAt = time.Now(); return nil }, DrainWait: 20 * time.Second})
+		PauseOld: func(context.Context) (func(context.Context), error) { pausedAt = time.Now(); return func(context.Context) {}, nil }, DrainWait: 20 * time.Second})
 	if err != nil || res.Ran != RanUpgrade || res.After != StateCurrent {
 		t.Fatalf("Run = %+v, %v", res, err)
 	}
@@ -305,7 +305,12 @@ func TestRunUpgradeDrainIsBounded(t *testing.T) {
 	var logs testenv.SyncBuffer
 	r := &killedRunner{headsRunner: headsRunner{t: t, head: "r2"}}
 	start := time.Now()
-	_, err := Run(context.Background(), Options{DB: target(pg, db), Image: "img:new", Project: "p", Runner: r, Logger: logTo(t, &logs), DrainWait: 2 * time.Second})
+	resumed := false
+	_, err := Run(context.Background(), Options{DB: target(pg, db), Image: "img:new", Project: "p", Runner: r, Logger: logTo(t, &logs), DrainWait: 2 * time.Second,
+		PauseOld: func(context.Context) (func(context.Context), error) { return func(context.Context) { resumed = true }, nil }})
+	if !resumed {
+		t.Errorf("the failed upgrade did not start this instance's old workers again")
+	}
 	t.Log(logs.String())
 	if err == nil {
 		t.Fatal("the killed upgrade succeeded")

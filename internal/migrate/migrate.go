@@ -102,9 +102,10 @@ type Options struct {
 	// by, its heartbeat); default the host name.
 	Instance string
 	// PauseOld stops this instance's old scheduler and workers (a warm
-	// shutdown: docker stop with their stop grace) before an upgrade; nil
-	// when there are none to stop.
-	PauseOld func(ctx context.Context) error
+	// shutdown: docker stop with their stop grace) before an upgrade, and
+	// returns what starts them again should the upgrade fail; nil when
+	// there are none to stop.
+	PauseOld func(ctx context.Context) (resume func(context.Context), err error)
 	// DrainWait bounds the wait for the other instances to pause their old
 	// workers before an upgrade: their longest stop grace plus a minute.
 	// Default defaultDrainWait.

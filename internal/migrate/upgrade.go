@@ -34,6 +34,8 @@ type upgrade struct {
 	conn *pgx.Conn
 	log  *slog.Logger
 	rec  cluster.Upgrade
+	// resume starts this instance's old workers again after a failure.
+	resume func(context.Context)
 }
 
 // drain announces the upgrade, stops this instance's old workers and waits,
@@ -49,7 +51,8 @@ func (u *upgrade) drain(ctx context.Context) error {
 	}
 	u.log.Info("upgrade announced: every instance's old scheduler and workers stop taking jobs", "from", u.rec.FromHead, "to", u.rec.ToHead)
 	if u.o.PauseOld != nil {
-		if err := u.o.PauseOld(ctx); err != nil {
+		var err error
+		if u.resume, err = u.o.PauseOld(ctx); err != nil {
 			u.finish(context.WithoutCancel(ctx), u.conn, err)
 			return fmt.Errorf("stopping this instance's old scheduler and workers before the upgrade: %w; the upgrade did not start", err)
 		}
@@ -136,6 +139,12 @@ func (u *upgrade) finish(ctx context.Context, conn *pgx.Conn, err error) {
 	}
 	if perr := u.put(ctx); perr != nil {
 		u.log.Error("recording the upgrade's end in the agent's records; instances of the old version keep their workers paused until the next upgrade record", "phase", u.rec.Phase, "err", perr)
+	}
+	if err != nil && u.resume != nil {
+		// The schema is where it was: the old workers may work again.
+		rctx, cancel := context.WithTimeout(ctx, recordTimeout)
+		defer cancel()
+		u.resume(rctx)
 	}
 }
 
