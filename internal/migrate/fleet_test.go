@@ -210,7 +210,10 @@ func TestRunRefusesADatabaseAhead(t *testing.T) {
 			paused := false
 			start := time.Now()
 			res, err := Run(context.Background(), Options{DB: target(pg, db), Image: "img:old", Project: "p", Role: role, Runner: r, Deadline: time.Minute,
-				PauseOld: func(context.Context) (func(context.Context), error) { paused = true; return func(context.Context) {}, nil }, Logger: testLogger(t)})
+				PauseOld: func(context.Context) (func(context.Context), error) {
+					paused = true
+					return func(context.Context) {}, nil
+				}, Logger: testLogger(t)})
 			if err == nil {
 				t.Fatalf("Run = %+v, want a refusal", res)
 			}
@@ -276,7 +279,10 @@ func TestRunUpgradeDrainsTheFleet(t *testing.T) {
 	}()
 	start := time.Now()
 	res, err := Run(context.Background(), Options{DB: target(pg, db), Image: "img:new", Project: "p", Instance: "i-new", Runner: r, Logger: testLogger(t),
-		PauseOld: func(context.Context) (func(context.Context), error) { pausedAt = time.Now(); return func(context.Context) {}, nil }, DrainWait: 20 * time.Second})
+		PauseOld: func(context.Context) (func(context.Context), error) {
+			pausedAt = time.Now()
+			return func(context.Context) {}, nil
+		}, DrainWait: 20 * time.Second})
 	if err != nil || res.Ran != RanUpgrade || res.After != StateCurrent {
 		t.Fatalf("Run = %+v, %v", res, err)
 	}
@@ -307,7 +313,9 @@ func TestRunUpgradeDrainIsBounded(t *testing.T) {
 	start := time.Now()
 	resumed := false
 	_, err := Run(context.Background(), Options{DB: target(pg, db), Image: "img:new", Project: "p", Runner: r, Logger: logTo(t, &logs), DrainWait: 2 * time.Second,
-		PauseOld: func(context.Context) (func(context.Context), error) { return func(context.Context) { resumed = true }, nil }})
+		PauseOld: func(context.Context) (func(context.Context), error) {
+			return func(context.Context) { resumed = true }, nil
+		}})
 	if !resumed {
 		t.Errorf("the failed upgrade did not start this instance's old workers again")
 	}
