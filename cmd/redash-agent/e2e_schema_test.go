@@ -319,6 +319,17 @@ func TestUpgradeWithJobsRunning(t *testing.T) {
 		t.Errorf("a's journal does not say it paused its workers:\n%s", out)
 	}
 
+	// Neither the journals nor the agent's records hold a secret.
+	records := []byte(pgQuery(t, a.pgDB, `SELECT string_agg(name || ' ' || value::text || ' ' || updated_by, E'\n') FROM redash_agent.records`) +
+		pgQuery(t, a.pgDB, `SELECT string_agg(name || ' ' || head || ' ' || paused_for, E'\n') FROM redash_agent.instances`))
+	pw := testenv.Postgres(t).Password
+	for what, b := range map[string][]byte{"a's journal": procs[a].out.Bytes(), "b's journal": procs[b].out.Bytes(), "the agent's records": records} {
+		assertNoSecrets(t, b, what)
+		if strings.Contains(string(b), pw) || strings.Contains(string(b), a.redis.Password) {
+			t.Errorf("%s contains the database or Redis password", what)
+		}
+	}
+
 	close(stopProbe)
 	probeDone.Wait()
 	if f := pingFailures.Load(); f != 0 {
