@@ -1,10 +1,13 @@
 package agent
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/redash-agent/redash-agent/internal/cluster"
+	"github.com/redash-agent/redash-agent/internal/doctor"
 	"github.com/redash-agent/redash-agent/internal/engine"
+	"github.com/redash-agent/redash-agent/internal/migrate"
 )
 
 func TestPauseFor(t *testing.T) {
@@ -49,5 +52,19 @@ func TestPauseExplainsThePlan(t *testing.T) {
 	}
 	if p.Actions[2].Reason != "config changed" {
 		t.Errorf("the server's reason changed: %q", p.Actions[2].Reason)
+	}
+}
+
+// TestDoctorSaysAheadAndUpgrading: doctor picks the fix from the typed
+// state: a database ahead fails with "roll forward or restore", an upgrade
+// under way warns "wait".
+func TestDoctorSaysAheadAndUpgrading(t *testing.T) {
+	ahead := remoteDatabaseResult("db:5432", "redash", dbState{text: "ahead (image head rev1): " + migrate.AheadAdvice, schema: migrate.StateAhead})
+	if ahead.Status != doctor.Fail || !strings.Contains(ahead.Detail, "migrated by a newer image") || !strings.Contains(ahead.Fix, "roll the instance forward") {
+		t.Errorf("ahead: %+v", ahead)
+	}
+	up := remoteDatabaseResult("db:5432", "redash", dbState{text: "behind (image head rev1); an upgrade rev1 -> rev2 ...", schema: migrate.StateBehind, upgrading: true})
+	if up.Status != doctor.Warn || !strings.Contains(up.Fix, "wait for the upgrade to finish") {
+		t.Errorf("upgrading: %+v", up)
 	}
 }
