@@ -179,6 +179,7 @@ func (a *Agent) Plan(ctx context.Context) (r Rendered, p engine.Plan, note strin
 		return r, p, "", err
 	}
 	view, sched := a.scheduler(ctx, r, true)
+	view, pause := a.pausePeek(ctx, view)
 	eng, d, err := a.dockerFor(view)
 	if err != nil {
 		return r, p, sched.note, err
@@ -188,7 +189,9 @@ func (a *Agent) Plan(ctx context.Context) (r Rendered, p engine.Plan, note strin
 	if err != nil {
 		return r, p, sched.note, err
 	}
-	return r, a.plan(ctx, d, o, sched), sched.note, nil
+	p = a.plan(ctx, d, o, sched)
+	pause.explain(&p)
+	return r, p, sched.note, nil
 }
 
 // startBacking is the step that starts provider local's bundled postgres

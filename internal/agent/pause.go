@@ -136,8 +136,26 @@ func (a *Agent) pauseJobs(ctx context.Context, r Rendered) (Rendered, pauseChoic
 		ch.pausedFor = p.pausedFor
 		return nil
 	})
-	if ch.pausedFor == "" {
+	return withoutJobs(r, ch), ch
+}
+
+// pausePeek is `render --plan`'s decision: what up would do, changing
+// nothing (no stop, no heartbeat).
+func (a *Agent) pausePeek(ctx context.Context, r Rendered) (Rendered, pauseChoice) {
+	var ch pauseChoice
+	if r.Project == nil || r.State.Spec.Local {
 		return r, ch
+	}
+	if st, err := a.readCluster(ctx, r.State.DB); err == nil {
+		ch.pausedFor = pauseFor(st.Upgrade, a.imageHead(ctx, r.Config.Image))
+	}
+	return withoutJobs(r, ch), ch
+}
+
+// withoutJobs is r without its job services while ch pauses them.
+func withoutJobs(r Rendered, ch pauseChoice) Rendered {
+	if ch.pausedFor == "" {
+		return r
 	}
 	out := r
 	proj := *r.Project
@@ -148,7 +166,7 @@ func (a *Agent) pauseJobs(ctx context.Context, r Rendered) (Rendered, pauseChoic
 		}
 	}
 	out.Project = &proj
-	return out, ch
+	return out
 }
 
 // decidePause updates the decision from the records and logs a change.
