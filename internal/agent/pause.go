@@ -139,6 +139,9 @@ func (a *Agent) pauseJobs(ctx context.Context, r Rendered) (Rendered, pauseChoic
 	return withoutJobs(r, ch), ch
 }
 
+// peekTimeout bounds render --plan's look at the records.
+const peekTimeout = 2 * time.Second
+
 // pausePeek is `render --plan`'s decision: what up would do, changing
 // nothing (no stop, no heartbeat).
 func (a *Agent) pausePeek(ctx context.Context, r Rendered) (Rendered, pauseChoice) {
@@ -146,7 +149,10 @@ func (a *Agent) pausePeek(ctx context.Context, r Rendered) (Rendered, pauseChoic
 	if r.Project == nil || r.State.Spec.Local {
 		return r, ch
 	}
-	if st, err := a.readCluster(ctx, r.State.DB); err == nil {
+	// A plan may be made where the database does not answer: a short look.
+	rctx, cancel := context.WithTimeout(ctx, peekTimeout)
+	defer cancel()
+	if st, err := a.readCluster(rctx, r.State.DB); err == nil {
 		ch.pausedFor = pauseFor(st.Upgrade, a.imageHead(ctx, r.Config.Image))
 	}
 	return withoutJobs(r, ch), ch
