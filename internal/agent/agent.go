@@ -95,6 +95,8 @@ type Agent struct {
 	// secretWatch is what the look for new secret versions compares
 	// against (secretwatch.go).
 	secretWatch secretWatch
+	// pause is this instance's part in a fleet's schema upgrade (pause.go).
+	pause pauseState
 	// notConfiguredGrace and tagsPoll are unconfiguredTagsGrace and
 	// tagsPollInterval; tests shorten them.
 	notConfiguredGrace, tagsPoll time.Duration

@@ -111,6 +111,8 @@ func (a *Agent) Up(ctx context.Context) (UpResult, error) {
 	// instance holds the lease (lease.go).
 	r, sched := a.scheduler(ctx, r, false)
 	defer sched.done()
+	// An upgrade by another instance keeps the job services out (pause.go).
+	r, pause := a.pauseJobs(ctx, r)
 	eng, d, err := a.dockerFor(r)
 	if err != nil {
 		return res, err
@@ -119,6 +121,7 @@ func (a *Agent) Up(ctx context.Context) (UpResult, error) {
 	if a.sched != nil {
 		a.sched.last = d
 	}
+	a.pause.last = d
 	// At boot dockerd may still be starting: wait for it (bounded, logged)
 	// instead of failing after the files were written.
 	if err := eng.WaitDaemon(ctx, DockerWait); err != nil {
@@ -129,6 +132,7 @@ func (a *Agent) Up(ctx context.Context) (UpResult, error) {
 		return res, err
 	}
 	res.Plan = a.plan(ctx, d, o, sched)
+	pause.explain(&res.Plan)
 	if err := a.step(ctx, "ensure images", func(ctx context.Context) error {
 		return eng.Apply(ctx, d, res.Plan, engine.StageImages)
 	}); err != nil {
@@ -188,6 +192,7 @@ func (a *Agent) Plan(ctx context.Context) (r Rendered, p engine.Plan, note strin
 		return r, p, "", err
 	}
 	view, sched := a.scheduler(ctx, r, true)
+	view, pause := a.pausePeek(ctx, view)
 	eng, d, err := a.dockerFor(view)
 	if err != nil {
 		return r, p, sched.note, err
@@ -197,7 +202,9 @@ func (a *Agent) Plan(ctx context.Context) (r Rendered, p engine.Plan, note strin
 	if err != nil {
 		return r, p, sched.note, err
 	}
-	return r, a.plan(ctx, d, o, sched), sched.note, nil
+	p = a.plan(ctx, d, o, sched)
+	pause.explain(&p)
+	return r, p, sched.note, nil
 }
 
 // startBacking is the step that starts provider local's bundled postgres
@@ -306,6 +313,9 @@ func (a *Agent) Migrate(ctx context.Context, r Rendered, eng *engine.Engine) (mi
 			HeadsCache: a.headsCache(),
 			Runner:     eng,
 			Logger:     a.log,
+			Instance:   instanceName(r.Config.Project),
+			PauseOld:   a.pauseOld(r, eng),
+			DrainWait:  drainWait(r),
 		})
 		if err != nil {
 			return a.explainRefusedCredentials(r, a.explainLocalAuth(r, err))
@@ -470,6 +480,8 @@ type dbState struct {
 	// noHead: the image's head revision is not cached yet; wrongPassword:
 	// the bundled postgres refused the local secrets (explainLocalAuth).
 	noHead, wrongPassword bool
+	// upgrading: the agent's records say a schema upgrade is under way.
+	upgrading bool
 }
 
 func (a *Agent) databaseState(ctx context.Context, r Rendered, eng *engine.Engine) dbState {
@@ -488,13 +500,28 @@ func (a *Agent) databaseState(ctx context.Context, r Rendered, eng *engine.Engin
 	if err != nil {
 		return unknown(err.Error())
 	}
-	st, err := migrate.Inspect(ctx, db, head)
+	revisions, _ := migrate.CachedHistory(a.headsCache(), imageID)
+	st, err := migrate.InspectKnown(ctx, db, head, revisions)
 	if err != nil {
 		s := unknown(a.explainLocalAuth(r, err).Error())
 		s.wrongPassword = r.State.Spec.Local && migrate.IsAuthFailure(err)
 		return s
 	}
-	return dbState{text: string(st) + " (image head " + head + ")", schema: st}
+	text := string(st) + " (image head " + head + ")"
+	if st == migrate.StateAhead {
+		text += ": " + migrate.AheadAdvice
+	}
+	out := dbState{text: text, schema: st}
+	if !r.State.Spec.Local {
+		// An upgrade under way: old job services are paused (pause.go).
+		if cs, err := a.readCluster(ctx, db); err == nil && cs.Upgrade.InProgress() {
+			u := cs.Upgrade
+			out.upgrading = true
+			out.text += fmt.Sprintf("; an upgrade %s -> %s by %s is %s since %s (old schedulers and workers are paused)",
+				u.FromHead, u.ToHead, u.By, u.Phase, u.StartedAt.UTC().Format(time.RFC3339))
+		}
+	}
+	return out
 }
 
 // DatabaseState renders and inspects the database, bounded in time, for

@@ -231,15 +231,27 @@ func (a *Agent) checkDatabase(ctx context.Context, r Rendered, eng *engine.Engin
 	if r.State.Spec.Local {
 		return localDatabaseResult(r, state)
 	}
+	return remoteDatabaseResult(addr, migrate.DatabaseLabel(db), state)
+}
+
+// remoteDatabaseResult is the database check for a database the instance
+// reaches over the network, from databaseState.
+func remoteDatabaseResult(addr, label string, state dbState) doctor.Result {
 	switch {
 	case state.schema == migrate.StateCurrent:
-		return doctor.Result{Status: doctor.OK, Detail: fmt.Sprintf("%s database %q: %s", addr, migrate.DatabaseLabel(db), state.text)}
+		return doctor.Result{Status: doctor.OK, Detail: fmt.Sprintf("%s database %q: %s", addr, label, state.text)}
 	case state.noHead:
 		return doctor.Result{Status: doctor.Warn, Detail: state.text, Fix: "sudo redash-agent migrate"}
 	case state.schema == migrate.StateUnknown:
 		return doctor.Result{Status: doctor.Fail, Detail: fmt.Sprintf("%s: %s", addr, state.text), Fix: "check the security group allows this instance to reach " + addr + " and the db-user/db-password secrets"}
+	case state.schema == migrate.StateAhead:
+		return doctor.Result{Status: doctor.Fail, Detail: fmt.Sprintf("%s database %q: %s", addr, label, state.text),
+			Fix: "set redash:version to the release that migrated the database (roll the instance forward), or restore the database from a backup taken before the upgrade"}
+	case state.upgrading:
+		return doctor.Result{Status: doctor.Warn, Detail: fmt.Sprintf("%s database %q: %s", addr, label, state.text),
+			Fix: "wait for the upgrade to finish (the upgrading instance's journal: journalctl -u redash-agent); this instance converges by itself when it does"}
 	default:
-		return doctor.Result{Status: doctor.Warn, Detail: fmt.Sprintf("%s database %q: %s", addr, migrate.DatabaseLabel(db), state.text), Fix: "sudo redash-agent migrate"}
+		return doctor.Result{Status: doctor.Warn, Detail: fmt.Sprintf("%s database %q: %s", addr, label, state.text), Fix: "sudo redash-agent migrate"}
 	}
 }
 

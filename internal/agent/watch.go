@@ -52,7 +52,11 @@ func (a *Agent) pollChanges(ctx context.Context) string {
 }
 
 // clusterChanged compares the cluster table's generation with the one the
-// last converge saw.
+// last converge saw, and writes this instance's heartbeat (its image's head
+// and what its job services are paused for; no generation bump). A changed
+// generation that announces an upgrade past this image stops the job
+// services here and now, before the converge: the upgrader waits for the
+// heartbeat that says so (pause.go).
 func (a *Agent) clusterChanged(ctx context.Context) string {
 	w := &a.watch
 	if w.db.Host == "" {
@@ -75,6 +79,14 @@ func (a *Agent) clusterChanged(ctx context.Context) string {
 		w.conn = nil
 		return ""
 	}
+	if g != w.generation {
+		if st, err := cluster.Read(ctx, w.conn); err == nil {
+			a.applyPause(ctx, st) // may take the job services' stop grace
+		}
+	}
+	hctx, hcancel := context.WithTimeout(context.WithoutCancel(ctx), changePoll)
+	defer hcancel()
+	a.writeHeartbeat(hctx, w.conn)
 	if g == w.generation {
 		return ""
 	}

@@ -159,24 +159,31 @@ func Inspect(ctx context.Context, t desired.DB, head string) (State, error) {
 }
 
 func inspectOnce(ctx context.Context, t desired.DB, head string) (State, error) {
+	st, _, err := inspectVersion(ctx, t, head)
+	return st, err
+}
+
+// inspectVersion is one look on a session of its own: the state and the
+// revision(s) alembic_version holds.
+func inspectVersion(ctx context.Context, t desired.DB, head string) (State, []string, error) {
 	timeout := maxConnectTimeout
 	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < timeout {
 		timeout = time.Until(dl)
 	}
 	cfg, err := connConfig(t, lockAppName(), timeout)
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
-		return "", fmt.Errorf("connecting to PostgreSQL at %s, database %q: %w: check redash:db-endpoint and the database credentials", t.Addr(), dbLabel(t), err)
+		return "", nil, fmt.Errorf("connecting to PostgreSQL at %s, database %q: %w: check redash:db-endpoint and the database credentials", t.Addr(), dbLabel(t), err)
 	}
 	defer conn.Close(context.Background())
-	st, _, err := inspect(ctx, conn, head)
+	st, version, err := inspect(ctx, conn, head)
 	if err != nil {
-		return "", fmt.Errorf("inspecting database %q at %s: %w", dbLabel(t), t.Addr(), err)
+		return "", nil, fmt.Errorf("inspecting database %q at %s: %w", dbLabel(t), t.Addr(), err)
 	}
-	return st, nil
+	return st, version, nil
 }
 
 // inspect reads the public schema and alembic_version (the table

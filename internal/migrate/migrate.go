@@ -7,10 +7,27 @@
 // behind the image's head) as a one-off container of the target image.
 // Every other instance waits on the lock and then finds the schema current.
 //
+// A migration, once started, is never killed: the deadline and the lock
+// watcher bound only the waiting (for the lock, for an orphaned migration),
+// and progress is logged every 30 s. If the lock session dies mid-migration
+// the one-off runs on; the next holder's orphan wait (the one-off's
+// PGAPPNAME session) keeps it from starting a second one beside it.
+//
+// The agent's records (internal/cluster) make the rest safe across the
+// fleet: create_db is marked started and finished, so tables left by a
+// create_db that was cut short are told from a foreign database and, when
+// they hold no rows, dropped and created again; an upgrade is announced
+// (draining), this instance's old workers are stopped (Options.PauseOld)
+// and Run waits, bounded, until every other live instance says it paused
+// its own, then records migrating and done or failed. A database whose
+// revision the image does not know (StateAhead: migrated by a newer image)
+// is refused before anything is stopped.
+//
 // Side effects: PostgreSQL sessions to the target database (one holds the
-// advisory lock while a migration runs), one-off containers run through the
-// Runner (the engine: on the project network, removed after they exit), and
-// the heads cache file (image id -> head revision, 0600).
+// advisory lock while a migration runs), the agent's records in schema
+// redash_agent, one-off containers run through the Runner (the engine: on
+// the project network, removed after they exit), and the heads cache file
+// (image id -> head revision and revision list, 0600).
 //
 // Credentials never reach a log line or an error: the connection is built
 // from fields, and the one-off's environment is only handed to Docker.
@@ -18,19 +35,21 @@ package migrate
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/redash-agent/redash-agent/internal/backoff"
+	"github.com/redash-agent/redash-agent/internal/cluster"
 	"github.com/redash-agent/redash-agent/internal/compose"
 	"github.com/redash-agent/redash-agent/internal/desired"
 	"github.com/redash-agent/redash-agent/internal/engine"
+	"github.com/redash-agent/redash-agent/internal/exitcode"
 )
 
 // State is what the schema looks like relative to the image's head revision.
@@ -40,10 +59,13 @@ const (
 	// StateEmpty: no tables in the public schema; create_db builds it.
 	StateEmpty State = "empty"
 	// StateBehind: alembic_version holds a revision other than the head;
-	// `manage db upgrade` moves it. Without the image's revision graph a
-	// schema that is ahead (migrated by a newer image) looks the same; the
-	// upgrade then fails and Run returns its log lines, which is safe.
+	// `manage db upgrade` moves it. Inspect cannot tell it from StateAhead
+	// (that takes the image's revision graph, History); Run does.
 	StateBehind State = "behind"
+	// StateAhead: alembic_version holds a revision the image does not know:
+	// a newer image migrated the database (or it is foreign). Run refuses it
+	// before anything is stopped; roll the instance forward or restore.
+	StateAhead State = "ahead"
 	// StateCurrent: alembic_version holds the head.
 	StateCurrent State = "current"
 	// StateUnknown: tables exist but no single alembic revision says what
@@ -71,7 +93,23 @@ type Options struct {
 	Role string // "worker": never migrate, wait (bounded) until the schema is at head
 
 	LockTimeout time.Duration // longest wait for another instance's migration; default 5m
-	Deadline    time.Duration // bound on the whole Run, migration included; default 15m
+	// Deadline bounds Run's waiting (the lock, an orphaned migration, a
+	// worker's wait for the head); default 15m. A migration that started
+	// runs to its end whatever the deadline.
+	Deadline time.Duration
+
+	// Instance names this instance in the agent's records (cluster.Put's
+	// by, its heartbeat); default the host name.
+	Instance string
+	// PauseOld stops this instance's old scheduler and workers (a warm
+	// shutdown: docker stop with their stop grace) before an upgrade, and
+	// returns what starts them again should the upgrade fail; nil when
+	// there are none to stop.
+	PauseOld func(ctx context.Context) (resume func(context.Context), err error)
+	// DrainWait bounds the wait for the other instances to pause their old
+	// workers before an upgrade: their longest stop grace plus a minute.
+	// Default defaultDrainWait.
+	DrainWait time.Duration
 
 	HeadsCache string // JSON file image id -> head revision; "" disables caching
 	Runner     Runner
@@ -140,6 +178,8 @@ type Result struct {
 const (
 	defaultLockTimeout = 5 * time.Minute
 	defaultDeadline    = 15 * time.Minute
+	// defaultDrainWait is the default worker stop grace plus a minute.
+	defaultDrainWait = compose.DefaultWorkerStopGrace + time.Minute
 	// workerPoll is how often a worker looks at the schema while it waits.
 	workerPoll = 2 * time.Second
 )
@@ -156,6 +196,12 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Instance == "" {
+		o.Instance = hostname()
+	}
+	if o.DrainWait <= 0 {
+		o.DrainWait = defaultDrainWait
 	}
 	return o
 }
@@ -239,6 +285,11 @@ func run(ctx context.Context, o Options) (Result, error) {
 	if err != nil {
 		return res, fmt.Errorf("inspecting database %q at %s: %w", dbLabel(o.DB), o.DB.Addr(), err)
 	}
+	if st == StateBehind {
+		if st, err = aheadOrBehind(ctx, o, version); err != nil {
+			return res, err
+		}
+	}
 	res.Before, res.After = st, st
 	log.Info("database state", "state", st, "version", version, "head", head)
 
@@ -246,77 +297,186 @@ func run(ctx context.Context, o Options) (Result, error) {
 	switch st {
 	case StateCurrent:
 		return res, nil
+	case StateAhead:
+		return res, aheadError(o, version, head)
 	case StateEmpty:
 		res.Ran, cmd = RanCreate, []string{"create_db"}
 	case StateBehind:
 		res.Ran, cmd = RanUpgrade, []string{"manage", "db", "upgrade"}
 	default:
-		return res, fmt.Errorf("database %q at %s has tables but alembic_version is %s: it is not a Redash database this agent can migrate; point redash:db-name at the Redash database or fix alembic_version by hand", dbLabel(o.DB), o.DB.Addr(), describeVersion(version))
+		partial, err := partialCreateDB(ctx, conn, o, version, log)
+		if err != nil {
+			return res, err
+		}
+		if !partial {
+			return res, fmt.Errorf("database %q at %s has tables but alembic_version is %s: it is not a Redash database this agent can migrate; point redash:db-name at the Redash database or fix alembic_version by hand", dbLabel(o.DB), o.DB.Addr(), describeVersion(version))
+		}
+		res.Ran, cmd = RanCreate, []string{"create_db"}
+	}
+
+	// From here on the migration runs to its end: the deadline bounded the
+	// waiting, and a cut-short create_db or upgrade is what this package
+	// exists to avoid. The records and the last look get their own bounds.
+	mctx := context.WithoutCancel(ctx)
+	var up *upgrade
+	switch res.Ran {
+	case RanCreate:
+		if err := markCreateDB(mctx, conn, o, cluster.CreateStarted); err != nil {
+			return res, err
+		}
+	case RanUpgrade:
+		up = &upgrade{o: o, conn: conn, log: log, rec: cluster.Upgrade{FromHead: firstVersion(version), ToHead: head, Image: o.Image, By: o.Instance}}
+		if err := up.drain(ctx); err != nil {
+			return res, err
+		}
 	}
 
 	log.Info("[started] "+res.Ran, "image", o.Image)
-	code, logs, err := runWatched(ctx, conn, o, cmd)
+	code, logs, err := runWatched(mctx, conn, o, res.Ran, cmd)
+	// The lock session may have died while the one-off ran: the records
+	// and the last look then use a new one.
+	conn = alive(mctx, conn, o, log)
+	if err == nil && code != 0 {
+		err = fmt.Errorf("exit code %d", code)
+	}
 	if err != nil {
 		log.Error("[failed] "+res.Ran, "err", err)
-		return res, fmt.Errorf("running %q in a one-off of %q: %w; %s", res.Ran, o.Image, err, serving(o))
-	}
-	if code != 0 {
-		log.Error("[failed] "+res.Ran, "exit", code)
-		return res, fmt.Errorf("running %q in a one-off of %q: exit code %d; %s; last log lines:\n%s", res.Ran, o.Image, code, serving(o), tail(logs, 20))
+		up.finish(mctx, conn, err)
+		return res, fmt.Errorf("running %q in a one-off of %q: %w; %s; last log lines:\n%s", res.Ran, o.Image, err, serving(o), tail(logs, 20))
 	}
 
-	after, version, err := inspect(ctx, conn, head)
+	ictx, icancel := context.WithTimeout(mctx, recordTimeout)
+	defer icancel()
+	after, version, err := inspect(ictx, conn, head)
 	if err != nil {
+		up.finish(mctx, conn, err)
 		return res, fmt.Errorf("inspecting database %q at %s after %s: %w", dbLabel(o.DB), o.DB.Addr(), res.Ran, err)
 	}
 	res.After = after
 	if after != StateCurrent {
-		return res, fmt.Errorf("after %q database %q is %s at %s, want head %q: check the one-off's output:\n%s", res.Ran, dbLabel(o.DB), after, describeVersion(version), head, tail(logs, 20))
+		err := fmt.Errorf("after %q database %q is %s at %s, want head %q: check the one-off's output:\n%s", res.Ran, dbLabel(o.DB), after, describeVersion(version), head, tail(logs, 20))
+		up.finish(mctx, conn, err)
+		return res, err
 	}
+	if res.Ran == RanCreate {
+		if err := markCreateDB(mctx, conn, o, cluster.CreateFinished); err != nil {
+			log.Warn("create_db finished but its record could not say so; the schema is stamped, so nothing depends on it", "err", err)
+		}
+	}
+	up.finish(mctx, conn, nil)
 	log.Info("[finished] "+res.Ran, "version", version)
 	return res, nil
 }
 
-// errLockLost ends a one-off whose agent no longer holds the lock.
-var errLockLost = errors.New("lost the migration lock (the database session holding it ended)")
+// recordTimeout bounds one write of the agent's records, or one look at the
+// schema, after the migration.
+const recordTimeout = 30 * time.Second
 
-// runWatched runs the one-off while checking, every second, that the lock
-// session is alive. If it dies (pg_terminate_backend, failover) another
-// instance may start migrating, so the one-off is stopped: the migration's
-// transaction rolls back and the next holder starts from a clean state.
-func runWatched(ctx context.Context, conn *pgx.Conn, o Options, cmd []string) (int, string, error) {
-	runCtx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
+// progressEvery spaces the "still running" lines of a migration.
+var progressEvery = 30 * time.Second
+
+// runWatched runs the one-off to its end, logging every progressEvery that
+// it still runs and, once, that the lock session died: the one-off is not
+// stopped then (a create_db cut short leaves a partial schema), the next
+// holder's orphan wait keeps a second migration from starting beside it.
+func runWatched(ctx context.Context, conn *pgx.Conn, o Options, what string, cmd []string) (int, string, error) {
+	log := o.Logger
 	stop := make(chan struct{})
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		t := time.NewTicker(time.Second)
-		defer t.Stop()
+		start := time.Now()
+		ping := time.NewTicker(time.Second)
+		defer ping.Stop()
+		progress := time.NewTicker(progressEvery)
+		defer progress.Stop()
+		lost := false
 		for {
 			select {
 			case <-stop:
 				return
-			case <-runCtx.Done():
-				return
-			case <-t.C:
-				pctx, pcancel := context.WithTimeout(runCtx, 5*time.Second)
+			case <-progress.C:
+				log.Info(fmt.Sprintf("%s still running after %s", what, time.Since(start).Round(time.Second)), "image", o.Image)
+			case <-ping.C:
+				if lost {
+					continue
+				}
+				pctx, pcancel := context.WithTimeout(ctx, 5*time.Second)
 				err := conn.Ping(pctx)
 				pcancel()
-				if err != nil && runCtx.Err() == nil {
-					cancel(errLockLost)
-					return
+				if err != nil {
+					lost = true
+					log.Warn(what+": lost the migration lock (its database session ended); the one-off runs on to its end, "+
+						"and another instance waits for its session before migrating", "err", err)
 				}
 			}
 		}
 	}()
-	code, logs, err := o.Runner.RunOneOff(runCtx, oneOff(o, cmd))
+	code, logs, err := o.Runner.RunOneOff(ctx, oneOff(o, cmd))
 	close(stop)
 	<-done // the conn is not safe for concurrent use: the pinger must be gone
-	if cause := context.Cause(runCtx); errors.Is(cause, errLockLost) {
-		return code, logs, errLockLost
-	}
 	return code, logs, err
+}
+
+// alive returns conn if its session still answers, else a new session (or
+// the dead one, when none can be opened: the callers' writes then fail and
+// say so).
+func alive(ctx context.Context, conn *pgx.Conn, o Options, log *slog.Logger) *pgx.Conn {
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if conn.Ping(pctx) == nil {
+		return conn
+	}
+	cctx, ccancel := context.WithTimeout(ctx, recordTimeout)
+	defer ccancel()
+	fresh, err := connect(cctx, o.DB, log)
+	if err != nil {
+		log.Warn("the migration's database session ended and no new one opens", "err", redactUser(err, o.DB.User))
+		return conn
+	}
+	_ = conn.Close(context.Background())
+	return fresh
+}
+
+// aheadOrBehind tells a behind database from one that is ahead of the
+// image: version must be one of the image's revisions.
+func aheadOrBehind(ctx context.Context, o Options, version []string) (State, error) {
+	revs, err := History(ctx, o)
+	if err != nil {
+		return "", err
+	}
+	for _, v := range version {
+		if !slices.Contains(revs, v) {
+			return StateAhead, nil
+		}
+	}
+	return StateBehind, nil
+}
+
+// AheadAdvice is what to do about a database migrated by a newer image.
+const AheadAdvice = "the database was migrated by a newer image: roll the instance forward (redash:version) or restore the database"
+
+// AheadError is Run's refusal of a database migrated by a newer image.
+type AheadError struct {
+	Database, Addr string // the database's label and address
+	Version        string // the database's revision(s), described
+	Image, Head    string // the image and its head revision
+}
+
+func (e *AheadError) Error() string {
+	return fmt.Sprintf("database %q at %s is at revision %s, which image %q (head %q) does not know: %s; nothing was stopped, the running containers keep serving",
+		e.Database, e.Addr, e.Version, e.Image, e.Head, AheadAdvice)
+}
+
+func aheadError(o Options, version []string, head string) error {
+	return exitcode.ConfigError(&AheadError{Database: dbLabel(o.DB), Addr: o.DB.Addr(), Version: describeVersion(version), Image: o.Image, Head: head})
+}
+
+func firstVersion(v []string) string {
+	if len(v) == 0 {
+		return ""
+	}
+	return v[0]
 }
 
 func oneOff(o Options, cmd []string) OneOff {
@@ -342,6 +502,7 @@ func oneOff(o Options, cmd []string) OneOff {
 func waitForHead(ctx context.Context, conn *pgx.Conn, o Options, res Result, log *slog.Logger) (Result, error) {
 	start := time.Now()
 	first := true
+	knownBehind := false // the image knows the revision: another instance will upgrade it
 	for {
 		st, version, err := inspect(ctx, conn, res.Head)
 		if err != nil {
@@ -355,12 +516,29 @@ func waitForHead(ctx context.Context, conn *pgx.Conn, o Options, res Result, log
 			first = false
 		}
 		res.After = st
+		if st == StateBehind && !knownBehind {
+			// A revision the image does not know never becomes its head.
+			if st, err = aheadOrBehind(ctx, o, version); err != nil {
+				return res, err
+			}
+			knownBehind = st == StateBehind
+			res.After = st
+			if res.Before == StateBehind {
+				res.Before = st
+			}
+		}
 		switch st {
 		case StateCurrent:
 			log.Info("database at head", "version", version, "waited", time.Since(start).Round(time.Millisecond))
 			return res, nil
+		case StateAhead:
+			return res, aheadError(o, version, res.Head)
 		case StateUnknown:
-			return res, fmt.Errorf("database %q at %s has tables but alembic_version is %s: not a Redash database; point redash:db-name at the Redash database", dbLabel(o.DB), o.DB.Addr(), describeVersion(version))
+			// create_db commits table by table and stamps last: another
+			// instance's create_db under way looks like this for a while.
+			if !createDBStarted(ctx, conn, version) {
+				return res, fmt.Errorf("database %q at %s has tables but alembic_version is %s: not a Redash database; point redash:db-name at the Redash database", dbLabel(o.DB), o.DB.Addr(), describeVersion(version))
+			}
 		}
 		log.Info("waiting for another instance to migrate", "state", st, "version", version, "head", res.Head)
 		if backoff.Sleep(ctx, backoff.Spread(workerPoll)) != nil {

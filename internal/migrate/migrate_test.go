@@ -134,11 +134,14 @@ func (r *headsRunner) RunOneOff(_ context.Context, spec OneOff) (int, string, er
 	defer r.mu.Unlock()
 	cmd := strings.Join(spec.Cmd, " ")
 	r.cmds = append(r.cmds, cmd)
-	if cmd != "manage db heads" {
-		r.t.Errorf("unexpected one-off %q", cmd)
-		return 1, "", errors.New("unexpected one-off")
+	switch cmd {
+	case "manage db heads":
+		return 0, "some warning\n" + r.head + " (head)\n", nil
+	case "manage db history":
+		return 0, "some warning\nr1 -> " + r.head + " (head), latest\nr0 -> r1, middle\n<base> -> r0, first\n", nil
 	}
-	return 0, "some warning\n" + r.head + " (head)\n", nil
+	r.t.Errorf("unexpected one-off %q", cmd)
+	return 1, "", errors.New("unexpected one-off")
 }
 
 func (r *headsRunner) calls() []string {
@@ -208,5 +211,21 @@ func TestHeadDamagedCacheIsRewritten(t *testing.T) {
 	}
 	if n := len(r.calls()); n != 1 {
 		t.Errorf("heads ran %d times, want 1 (the damaged cache is replaced)", n)
+	}
+}
+
+func TestParseHistory(t *testing.T) {
+	out := `[2026-01-01 00:00:00,000][PID:1][WARNING][redash] some startup warning
+89bc7873a3e0 -> 7205816877ec (head), change type of json fields from varchar to json
+0ec979123ba4, e5c7a4e2df4d -> 89bc7873a3e0 (mergepoint), fix_multiple_heads
+<base> -> 0ec979123ba4 (branchpoint), initial
+`
+	got := parseHistory(out)
+	want := []string{"7205816877ec", "89bc7873a3e0", "0ec979123ba4", "e5c7a4e2df4d"}
+	if strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("parseHistory = %v, want %v", got, want)
+	}
+	if got := parseHistory("no revisions here\n"); len(got) != 0 {
+		t.Errorf("parseHistory of noise = %v", got)
 	}
 }

@@ -310,7 +310,7 @@ type killedRunner struct {
 }
 
 func (r *killedRunner) RunOneOff(ctx context.Context, spec OneOff) (int, string, error) {
-	if strings.Join(spec.Cmd, " ") == "manage db heads" {
+	if cmd := strings.Join(spec.Cmd, " "); cmd == "manage db heads" || cmd == "manage db history" {
 		return r.headsRunner.RunOneOff(ctx, spec)
 	}
 	return 137, "Running upgrade r1 -> r2\n", nil

@@ -4,17 +4,28 @@ package main
 // REDASH_DATABASE_URL, the way Redash's create_db and Flask-Migrate do, so
 // tests of internal/migrate observe real effects:
 //
-//	create_db            empty public schema: create a couple of tables and
-//	                     alembic_version stamped with the head; otherwise do
-//	                     nothing (Redash takes no lock and checks nothing else)
+//	create_db            empty public schema: create the tables of
+//	                     createDBTables one statement at a time, each
+//	                     committed on its own (SQLAlchemy's create_all), then
+//	                     alembic_version stamped with the head, last;
+//	                     otherwise do nothing (10.x on: is_db_empty; Redash
+//	                     takes no lock and checks nothing else)
 //	manage db heads      print "<head> (head)"; needs no database
+//	manage db history    print Alembic's history, newest first:
+//	                     "<down> -> <rev> (head), <doc>" ... "<base> -> <rev>, <doc>"
+//	                     for FAKEREDASH_HISTORY (comma-separated earlier
+//	                     revisions, oldest first) then the head; unset, a
+//	                     head that ends in a number N (rev3) has the
+//	                     earlier ones of its prefix (rev1, rev2)
 //	manage db upgrade    when version_num != head: add one table for the head
 //	                     revision and set version_num = head, in one transaction
 //
 // The head is FAKEREDASH_HEAD (baked into the test image). Knobs:
 // FAKEREDASH_UPGRADE_SLEEP=<seconds> sleeps inside the upgrade transaction (a
 // kill then rolls it back, as with Alembic on PostgreSQL);
-// FAKEREDASH_FAIL_UPGRADE=1 prints a few log lines and exits 1.
+// FAKEREDASH_FAIL_UPGRADE=1 prints a few log lines and exits 1;
+// FAKEREDASH_CREATE_SLEEP=<seconds> sleeps between create_db's statements,
+// so a test can kill it midway.
 //
 // Every create_db and upgrade is recorded in fakeredash.fakeredash_runs
 // (cmd, at) before it does anything, so tests can count invocations. It lives
@@ -49,6 +60,14 @@ func runDB(cmd string, args []string) int {
 	case "manage db heads":
 		// Alembic's output for a single-head history.
 		fmt.Printf("%s (head)\n", head)
+		return 0
+	case "manage db history":
+		earlier, set := os.LookupEnv("FAKEREDASH_HISTORY")
+		revs := splitQueues(earlier)
+		if !set {
+			revs = numberedHistory(head)
+		}
+		fmt.Print(history(revs, head))
 		return 0
 	case "create_db", "manage database create_tables":
 		err = withDB(ctx, full, func(conn *pgx.Conn) error { return createDB(ctx, conn, head) })
@@ -97,6 +116,21 @@ CREATE TABLE IF NOT EXISTS fakeredash.fakeredash_runs (cmd text NOT NULL, at tim
 	return f(conn)
 }
 
+// createDBTables is what create_db makes, in order: Redash's models (a
+// few), each statement committed on its own as SQLAlchemy's create_all does.
+var createDBTables = []string{
+	`CREATE TABLE public.organizations (id serial PRIMARY KEY, name text NOT NULL)`,
+	`CREATE TABLE public.users (id serial PRIMARY KEY, org_id int REFERENCES public.organizations (id), email text NOT NULL)`,
+	`CREATE TABLE public.queries (id serial PRIMARY KEY, org_id int REFERENCES public.organizations (id), query text NOT NULL)`,
+	// Encrypted with REDASH_SECRET_KEY as Redash does (datasources.go).
+	`CREATE TABLE public.data_sources (id serial PRIMARY KEY, name text NOT NULL, encrypted_options text)`,
+	`CREATE TABLE public.notification_destinations (id serial PRIMARY KEY, name text NOT NULL, encrypted_options text)`,
+}
+
+// createDB plays `manage database create_tables`: nothing unless the public
+// schema is empty (is_db_empty), then the tables one by one, autocommitted,
+// and the stamp last (flask_migrate.stamp, in its own transaction). A kill
+// between statements leaves tables without alembic_version.
 func createDB(ctx context.Context, conn *pgx.Conn, head string) error {
 	var n int
 	if err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_tables WHERE schemaname = 'public'`).Scan(&n); err != nil {
@@ -106,17 +140,34 @@ func createDB(ctx context.Context, conn *pgx.Conn, head string) error {
 		fmt.Println("database is not empty: nothing to create")
 		return nil
 	}
+	var pause time.Duration
+	if s := os.Getenv("FAKEREDASH_CREATE_SLEEP"); s != "" {
+		secs, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			return fmt.Errorf("FAKEREDASH_CREATE_SLEEP=%q is not a number of seconds", s)
+		}
+		pause = time.Duration(secs * float64(time.Second))
+	}
+	for i, stmt := range createDBTables {
+		if i > 0 && pause > 0 {
+			fmt.Printf("sleeping %s before the next table\n", pause)
+			select {
+			case <-time.After(pause):
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		if _, err := conn.Exec(ctx, stmt); err != nil {
+			return err
+		}
+		fmt.Printf("created table %d of %d\n", i+1, len(createDBTables))
+	}
 	tx, err := conn.Begin(ctx)
 	if err != nil {
 		return err
 	}
 	defer tx.Rollback(context.Background())
-	if _, err := tx.Exec(ctx, `
-CREATE TABLE public.organizations (id serial PRIMARY KEY, name text NOT NULL);
-CREATE TABLE public.users (id serial PRIMARY KEY, org_id int REFERENCES public.organizations (id), email text NOT NULL);
-CREATE TABLE public.data_sources (id serial PRIMARY KEY, name text NOT NULL, encrypted_options text);
-CREATE TABLE public.notification_destinations (id serial PRIMARY KEY, name text NOT NULL, encrypted_options text);
-CREATE TABLE public.alembic_version (version_num varchar(32) NOT NULL PRIMARY KEY)`); err != nil {
+	if _, err := tx.Exec(ctx, `CREATE TABLE public.alembic_version (version_num varchar(32) NOT NULL PRIMARY KEY)`); err != nil {
 		return err
 	}
 	if _, err := tx.Exec(ctx, `INSERT INTO public.alembic_version (version_num) VALUES ($1)`, head); err != nil {
@@ -127,6 +178,42 @@ CREATE TABLE public.alembic_version (version_num varchar(32) NOT NULL PRIMARY KE
 	}
 	fmt.Printf("created tables, stamped %s\n", head)
 	return nil
+}
+
+var trailingNumber = regexp.MustCompile(`^(.*?)([0-9]+)$`)
+
+// numberedHistory is the default history of head: rev3 follows rev1 and
+// rev2; a head without a number has none.
+func numberedHistory(head string) []string {
+	m := trailingNumber.FindStringSubmatch(head)
+	if m == nil {
+		return nil
+	}
+	n, _ := strconv.Atoi(m[2])
+	var out []string
+	for i := 1; i < n; i++ {
+		out = append(out, m[1]+strconv.Itoa(i))
+	}
+	return out
+}
+
+// history is Alembic's `history` output (cmd_format with parents and doc)
+// for the linear history earlier..., head: newest first.
+func history(earlier []string, head string) string {
+	revs := append(append([]string(nil), earlier...), head)
+	var b strings.Builder
+	for i := len(revs) - 1; i >= 0; i-- {
+		down := "<base>"
+		if i > 0 {
+			down = revs[i-1]
+		}
+		mark := ""
+		if i == len(revs)-1 {
+			mark = " (head)"
+		}
+		fmt.Fprintf(&b, "%s -> %s%s, fake revision %s\n", down, revs[i], mark, revs[i])
+	}
+	return b.String()
 }
 
 var revIdentChars = regexp.MustCompile(`[^a-z0-9_]+`)

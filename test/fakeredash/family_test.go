@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -186,5 +187,26 @@ func TestJobState(t *testing.T) {
 	}
 	if code := runJobCommand([]string{"-1s"}); code != 2 {
 		t.Errorf("job -1s: exit %d, want 2", code)
+	}
+}
+
+// TestHistoryIsAlembicsFormat: `manage db history` prints what Alembic's
+// cmd_format(include_parents, include_doc) prints, newest first.
+func TestHistoryIsAlembicsFormat(t *testing.T) {
+	got := history([]string{"rev0", "rev1"}, "rev2")
+	want := "rev1 -> rev2 (head), fake revision rev2\nrev0 -> rev1, fake revision rev1\n<base> -> rev0, fake revision rev0\n"
+	if got != want {
+		t.Errorf("history =\n%s\nwant\n%s", got, want)
+	}
+	if got := history(nil, "rev1"); got != "<base> -> rev1 (head), fake revision rev1\n" {
+		t.Errorf("history of one revision = %q", got)
+	}
+}
+
+func TestNumberedHistory(t *testing.T) {
+	for head, want := range map[string]string{"rev3": "rev1,rev2", "r1": "", "lrev2": "lrev1", "abc": ""} {
+		if got := strings.Join(numberedHistory(head), ","); got != want {
+			t.Errorf("numberedHistory(%q) = %q, want %q", head, got, want)
+		}
 	}
 }

@@ -23,8 +23,10 @@ package main
 // supervisord; either way the container stays up and only Redis shows it.
 //
 // Jobs: a test pushes a job ID onto rq:queue:<queue> and may set the hash
-// rq:job:<id> field sleep_ms; the worker sets status "started", then
-// "finished" with worker and queue when done.
+// rq:job:<id> field sleep_ms; the worker sets status "started" with
+// started_at, worker_name, worker_host (the container's host name) and
+// worker_head (FAKEREDASH_HEAD: which image's worker took it), then
+// "finished" with ended_at when done.
 
 import (
 	"context"
@@ -227,7 +229,9 @@ func runJob(c *redis.Client, worker, workerKey, queue, id string) {
 	defer jobsRunning.Add(-1)
 	jobKey := rqJobKey + id
 	c.HSet(bg, workerKey, "state", "busy", "current_job", id)
-	c.HSet(bg, jobKey, "status", "started", "worker_name", worker, "origin", queue)
+	host, _ := os.Hostname()
+	c.HSet(bg, jobKey, "status", "started", "worker_name", worker, "origin", queue,
+		"started_at", time.Now().UTC().Format(time.RFC3339Nano), "worker_host", host, "worker_head", os.Getenv("FAKEREDASH_HEAD"))
 	ms, _ := strconv.Atoi(c.HGet(bg, jobKey, "sleep_ms").Val())
 	fmt.Fprintf(os.Stderr, "fakeredash: rq worker %s: %s: job %s started\n", worker, queue, id)
 	time.Sleep(time.Duration(ms) * time.Millisecond)
