@@ -35,6 +35,7 @@ import (
 	"github.com/redash-agent/redash-agent/internal/envfile"
 	"github.com/redash-agent/redash-agent/internal/exitcode"
 	"github.com/redash-agent/redash-agent/internal/imds"
+	"github.com/redash-agent/redash-agent/internal/metrics"
 	"github.com/redash-agent/redash-agent/internal/secrets"
 )
 
@@ -92,6 +93,8 @@ type Agent struct {
 	sched *schedulerLease
 	// watch is what run's fast looks compare against (watch.go).
 	watch watchState
+	// metrics is run's backlog publisher; nil for the one-shot commands (metrics.go).
+	metrics *metrics.Loop
 	// notConfiguredGrace and tagsPoll are unconfiguredTagsGrace and
 	// tagsPollInterval; tests shorten them.
 	notConfiguredGrace, tagsPoll time.Duration

@@ -95,6 +95,8 @@ func (a *Agent) Run(ctx context.Context, n Notifier) error {
 	a.sched = &schedulerLease{mode: leaseKeep, log: a.log}
 	defer a.releaseLease(ctx)
 	defer a.closeWatch()
+	// The backlog metrics publisher runs beside the loop, never inside it (metrics.go).
+	defer a.startMetrics(ctx)()
 
 	boot := time.Now()
 	res, err := a.converge(ctx, n, stopping, live, "boot")
