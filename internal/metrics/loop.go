@@ -15,6 +15,8 @@ import (
 
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/cloudwatch"
+	"github.com/aws/aws-sdk-go-v2/service/cloudwatch/schemas"
+	"github.com/aws/smithy-go/transport/http/protocol/awsquery"
 
 	"github.com/redash-agent/redash-agent/internal/desired"
 	"github.com/redash-agent/redash-agent/internal/exitcode"
@@ -37,7 +39,15 @@ func NewCloudWatch(ctx context.Context, region string) (*cloudwatch.Client, erro
 	if err != nil {
 		return nil, fmt.Errorf("loading AWS configuration for CloudWatch: %w: check the AWS_* environment variables and shared config files", err)
 	}
-	return cloudwatch.NewFromConfig(cfg), nil
+	return cloudwatch.NewFromConfig(cfg, QueryProtocol), nil
+}
+
+// QueryProtocol makes a client speak CloudWatch's awsQuery protocol instead
+// of the SDK's default, Smithy RPC v2 CBOR. CloudWatch serves both; the
+// agent sends what its tests can check against moto_server (5.2 routes no
+// CBOR request), so what is tested is what runs.
+func QueryProtocol(o *cloudwatch.Options) {
+	o.Protocol = awsquery.New(schemas.GraniteServiceVersion20100801)
 }
 
 // Settings are what the publisher does, from the last configuration.

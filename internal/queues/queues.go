@@ -49,6 +49,16 @@ type Reader struct {
 	addr string
 }
 
+// quietPool drops go-redis's own log lines (a pool that fails to dial
+// prints one per attempt to stderr): every failure already reaches the
+// caller as an error naming the address, and the callers decide how often
+// the journal hears of it (the backlog metrics: once per outage).
+type quietPool struct{}
+
+func (quietPool) Printf(context.Context, string, ...any) {}
+
+func init() { redis.SetLogger(quietPool{}) }
+
 // Open returns a Reader for c; it does not dial until the first call.
 func Open(c Conn) *Reader {
 	opt := &redis.Options{
