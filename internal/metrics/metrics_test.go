@@ -319,3 +319,35 @@ type nopAPI struct{}
 func (nopAPI) PutMetricData(context.Context, *cloudwatch.PutMetricDataInput, ...func(*cloudwatch.Options)) (*cloudwatch.PutMetricDataOutput, error) {
 	return &cloudwatch.PutMetricDataOutput{}, nil
 }
+
+// BenchmarkReadPublish is one tick's work without the lease: read the six
+// RQ default queues and the worker registry from a real Redis, publish to
+// moto over loopback.
+//
+//	CI=true go test -run '^$' -bench ReadPublish -benchtime 50x ./internal/metrics
+func BenchmarkReadPublish(b *testing.B) {
+	srv := testenv.Redis(b)
+	moto := testenv.StartMoto(b)
+	cw := motoCloudWatch(moto.Endpoint)
+	c := srv.Client()
+	defer c.Close()
+	ctx := context.Background()
+	for i := range 7 {
+		c.RPush(ctx, queues.QueuePrefix+"queries", fmt.Sprint(i))
+	}
+	src := Source{Cluster: "bench", Redis: queues.Conn{Addr: srv.Addr(), Password: srv.Password},
+		Queues: []string{"scheduled_queries", "queries", "periodic", "emails", "default", "schemas"}}
+	var readTotal time.Duration
+	for b.Loop() {
+		start := time.Now()
+		s, err := Read(ctx, src, time.Now())
+		if err != nil {
+			b.Fatal(err)
+		}
+		readTotal += time.Since(start)
+		if err := Publish(ctx, cw, s, 60); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(readTotal.Microseconds())/float64(b.N), "read-µs/op")
+}
