@@ -42,7 +42,11 @@ func TestMetricsSettings(t *testing.T) {
 		{"role worker", metricsRendered("10.1.0.b50633", compose.RoleWorker, false), true},
 		{"role web", metricsRendered("10.1.0.b50633", compose.RoleWeb, false), false},
 		{"bundled redis", metricsRendered("10.1.0.b50633", compose.RoleAll, true), false},
-		{"off", func() Rendered { r := metricsRendered("10.1.0.b50633", compose.RoleAll, false); r.Config.MetricsInterval = 0; return r }(), false},
+		{"off", func() Rendered {
+			r := metricsRendered("10.1.0.b50633", compose.RoleAll, false)
+			r.Config.MetricsInterval = 0
+			return r
+		}(), false},
 	} {
 		s := metricsSettings(tc.r)
 		if s.Publish != tc.publish || (!s.Publish && s.Why == "") {

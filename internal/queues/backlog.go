@@ -155,9 +155,9 @@ func (r *Reader) CeleryBacklog(ctx context.Context, want []string) (Backlog, err
 // RunningJobs lists the IDs of queue's started RQ jobs that have not
 // expired at now (the StartedJobRegistry), for a drain that names them.
 func (r *Reader) RunningJobs(ctx context.Context, queue string, now time.Time) ([]string, error) {
-	ids, err := r.c.ZRangeByScore(ctx, StartedKey+queue, &redis.ZRangeBy{
-		Min: "(" + strconv.FormatInt(now.Unix(), 10), Max: "+inf",
-	}).Result()
+	// ZRANGEBYSCORE itself: go-redis's wrapper is deprecated for ZRANGE
+	// BYSCORE, which Redis before 6.2 (older ElastiCache) does not know.
+	ids, err := r.c.Do(ctx, "ZRANGEBYSCORE", StartedKey+queue, "("+strconv.FormatInt(now.Unix(), 10), "+inf").StringSlice()
 	if err != nil {
 		return nil, r.wrap("reading RQ's started jobs of queue "+queue, err)
 	}
