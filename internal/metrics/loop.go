@@ -135,6 +135,9 @@ func (l *Loop) Run(ctx context.Context) {
 	var cur Settings
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
+	// next is when the next tick is due: ticks keep to the interval's
+	// grid however long each takes, so a period holds one data point.
+	var next time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -143,7 +146,8 @@ func (l *Loop) Run(ctx context.Context) {
 			if s.Publish != cur.Publish || s.Interval != cur.Interval {
 				timer.Stop()
 				if s.Publish {
-					timer.Reset(s.Interval)
+					next = time.Now().Add(s.Interval)
+					timer.Reset(time.Until(next))
 				}
 			}
 			if !s.Publish {
@@ -153,7 +157,11 @@ func (l *Loop) Run(ctx context.Context) {
 			l.say(s)
 		case <-timer.C:
 			l.tick(ctx, cur)
-			timer.Reset(cur.Interval)
+			next = next.Add(cur.Interval)
+			if now := time.Now(); next.Before(now) {
+				next = now.Add(cur.Interval) // a tick overran: skip, do not catch up
+			}
+			timer.Reset(time.Until(next))
 		}
 	}
 }
