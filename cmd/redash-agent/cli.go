@@ -102,6 +102,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		runCmd(&g),
 		doctorCmd(&g),
 		prepareImageCmd(&g),
+		metricsCmd(&g),
 	)
 
 	for _, c := range root.Commands() {
@@ -250,6 +251,7 @@ var configKeys = []string{
 	"provider", "project", "version", "image", "nginx-image", "postgres-image", "redis-image", "role", "nginx",
 	"secrets-prefix", "db-endpoint", "db-name", "redis-endpoint", "redis-url", "web-workers", "log-group",
 	"server-port", "nginx-port", "refresh", "secret-poll", "load-balancer", "worker-stop-grace",
+	"metrics-interval", "metrics-resolution",
 }
 
 // configRows lists the resolved configuration, one row per setting that has
@@ -287,6 +289,7 @@ func configRows(cfg config.Config) []configRow {
 		"server-port": itoa(cfg.ServerPort), "nginx-port": itoa(cfg.NginxPort), "refresh": cfg.Refresh.String(),
 		"secret-poll":   cfg.SecretPoll.String(),
 		"load-balancer": cfg.LoadBalancer, "worker-stop-grace": cfg.WorkerStopGrace.String(),
+		"metrics-interval": metricsInterval(cfg), "metrics-resolution": itoa(cfg.MetricsResolution),
 	}
 	if cfg.WorkerStopGrace <= 0 {
 		values["worker-stop-grace"] = ""

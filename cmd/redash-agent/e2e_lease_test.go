@@ -18,12 +18,14 @@ import (
 
 	"github.com/redash-agent/redash-agent/internal/desired"
 	"github.com/redash-agent/redash-agent/internal/lease"
+	"github.com/redash-agent/redash-agent/internal/metrics"
 	"github.com/redash-agent/redash-agent/internal/secrets"
 	"github.com/redash-agent/redash-agent/internal/testenv"
 )
 
-// v8 makes both agents run Redash 8.x (the flag layer is above the tags).
-var v8 = []string{"--set", "version=8.0.0.b32245", "--set", "role=all"}
+// v8 makes both agents run Redash 8.x (the flag layer is above the tags),
+// publishing the backlog every 10 s.
+var v8 = []string{"--set", "version=8.0.0.b32245", "--set", "role=all", "--set", "metrics-interval=10s"}
 
 // schedulerState is "running", another Docker state, or "" when the
 // project has no scheduler container.
@@ -46,6 +48,14 @@ func TestRunOneSchedulerPerCluster(t *testing.T) {
 		s.writeConfig("redash-agent-test/redash:v1", fmt.Sprintf("db-endpoint: %s\ndb-name: %s\n", pgEndpoint(t), a.pgDB))
 	}
 	pg := testenv.Postgres(t)
+	// 7 jobs wait in each instance's Redis, as Celery's queue "queries".
+	for _, s := range []*stack{a, b} {
+		c := s.redis.Client()
+		for range 7 {
+			c.LPush(context.Background(), "queries", "{}")
+		}
+		c.Close()
+	}
 	ns := map[*stack]*notifySocket{a: newNotifySocket(t), b: newNotifySocket(t)}
 	procs := map[*stack]*agentProc{}
 	for _, s := range []*stack{a, b} {
@@ -77,6 +87,8 @@ func TestRunOneSchedulerPerCluster(t *testing.T) {
 	if f, err := os.ReadFile(filepath.Join(other.dir, "docker-compose.yml")); err != nil || !strings.Contains(string(f), "\n  scheduler:\n") {
 		t.Errorf("the non-holder's compose file lost the scheduler service (%v)", err)
 	}
+	onePublisher(t, a, b, procs)
+
 	stdout, _, _ := other.run(append(v8, "status")...)
 	if !strings.Contains(stdout, "scheduler lease: held by another instance") {
 		t.Errorf("status on the non-holder does not say another instance holds the lease:\n%s", stdout)
@@ -161,6 +173,35 @@ func TestRunOneSchedulerPerCluster(t *testing.T) {
 		assertNoSecrets(t, p.out.Bytes(), "the output of run")
 	}
 	t.Logf("whole test %v", time.Since(start).Round(time.Millisecond))
+}
+
+// onePublisher: of two run agents of one cluster, exactly one publishes
+// the backlog (the metrics lease); each instance's moto is its CloudWatch.
+func onePublisher(t *testing.T, a, b *stack, procs map[*stack]*agentProc) {
+	t.Helper()
+	published := func(s *stack) bool {
+		v, ok := motoStat(t, s.moto.Endpoint, metrics.MetricQueued, map[string]string{metrics.DimCluster: s.project, metrics.DimQueue: "queries"})
+		if ok && v != 7 {
+			t.Errorf("%s published QueuedJobs queries = %v, want 7", s.project, v)
+		}
+		return ok
+	}
+	deadline := time.Now().Add(30 * time.Second) // metrics-interval 10s, from the boot render
+	for !published(a) && !published(b) {
+		if time.Now().After(deadline) {
+			t.Fatalf("neither agent published the backlog within 30s of READY:\n%s\n%s", procs[a].out.Bytes(), procs[b].out.Bytes())
+		}
+		time.Sleep(time.Second)
+	}
+	time.Sleep(11 * time.Second) // the other's next tick
+	if published(a) && published(b) {
+		t.Errorf("both agents of one cluster published the backlog; want one (the metrics lease)")
+	}
+	for _, s := range []*stack{a, b} {
+		if !published(s) && !strings.Contains(string(procs[s].out.Bytes()), "another instance publishes them") {
+			t.Errorf("%s neither publishes nor says who does:\n%s", s.project, procs[s].out.Bytes())
+		}
+	}
 }
 
 func hostname(t *testing.T) string {

@@ -151,6 +151,7 @@ func startRun(t *testing.T, f *fixture, socket string, args ...string) *agentPro
 	cmd.Env = cleanEnv(
 		"AWS_EC2_METADATA_SERVICE_ENDPOINT="+f.imds,
 		"AWS_ENDPOINT_URL_SECRETS_MANAGER="+f.moto.Endpoint,
+		"AWS_ENDPOINT_URL_CLOUDWATCH="+f.moto.Endpoint, // the backlog metrics
 		"NOTIFY_SOCKET="+socket,
 	)
 	p := &agentProc{cmd: cmd, out: &lockedBuffer{}, exited: make(chan struct{})}

@@ -35,6 +35,7 @@ import (
 	"github.com/redash-agent/redash-agent/internal/envfile"
 	"github.com/redash-agent/redash-agent/internal/exitcode"
 	"github.com/redash-agent/redash-agent/internal/imds"
+	"github.com/redash-agent/redash-agent/internal/metrics"
 	"github.com/redash-agent/redash-agent/internal/secrets"
 )
 
@@ -97,6 +98,8 @@ type Agent struct {
 	secretWatch secretWatch
 	// pause is this instance's part in a fleet's schema upgrade (pause.go).
 	pause pauseState
+	// metrics is run's backlog publisher; nil for the one-shot commands (metrics.go).
+	metrics *metrics.Loop
 	// notConfiguredGrace and tagsPoll are unconfiguredTagsGrace and
 	// tagsPollInterval; tests shorten them.
 	notConfiguredGrace, tagsPoll time.Duration

@@ -89,6 +89,7 @@ func (a *Agent) Up(ctx context.Context) (UpResult, error) {
 		return res, err
 	}
 	res.Config = r.Config
+	a.setMetrics(r) // run's publisher follows the configuration, whatever the converge does next
 	lock, err := a.Lock(ctx)
 	if err != nil {
 		return res, err

@@ -95,6 +95,8 @@ func (a *Agent) Run(ctx context.Context, n Notifier) error {
 	a.sched = &schedulerLease{mode: leaseKeep, log: a.log}
 	defer a.releaseLease(ctx)
 	defer a.closeWatch()
+	// The backlog metrics publisher runs beside the loop, never inside it (metrics.go).
+	defer a.startMetrics(ctx)()
 
 	boot := time.Now()
 	res, err := a.converge(ctx, n, stopping, live, "boot")
@@ -141,13 +143,20 @@ func (a *Agent) Run(ctx context.Context, n Notifier) error {
 		// The 8.x scheduler lease is looked at between converges without
 		// ending this wait (its refresh timer and its watch).
 		leaseTimer := time.NewTimer(time.Hour)
+		// armLease: the lease timer is set again only once it has fired;
+		// setting it on every pass would let the 5 s change poll push the
+		// ~15 s lease look back forever.
+		armLease := true
 		// The fast look for a changed secret or cluster record (watch.go).
 		changes := time.NewTicker(changePoll)
 	wait:
 		for {
 			var leaseC <-chan time.Time
 			if every := a.sched.interval(); every > 0 {
-				leaseTimer.Reset(every) // Go 1.23 timers: no stale tick after Reset
+				if armLease {
+					leaseTimer.Reset(every) // Go 1.23 timers: no stale tick after Reset
+					armLease = false
+				}
 				leaseC = leaseTimer.C
 			}
 			select {
@@ -172,6 +181,7 @@ func (a *Agent) Run(ctx context.Context, n Notifier) error {
 					break wait
 				}
 			case <-leaseC:
+				armLease = true
 				// Gaining or losing the lease converges at once.
 				if why := a.pollLease(ctx); why != "" {
 					reason = why

@@ -92,6 +92,10 @@ type Config struct {
 	LoadBalancer string
 	// WorkerStopGrace is the stop grace of the services that run jobs.
 	WorkerStopGrace time.Duration
+	// MetricsInterval spaces the backlog metrics `run` publishes (0: off);
+	// MetricsResolution is their CloudWatch StorageResolution, 60 or 1 (metrics.go).
+	MetricsInterval   time.Duration
+	MetricsResolution int
 
 	// Origins maps every set key to the layer it came from.
 	Origins map[string]Source
@@ -119,6 +123,9 @@ func defaults() map[string]string {
 
 		// load-balancer has no entry: its default depends on the provider.
 		"worker-stop-grace": "5m", // DefaultWorkerStopGrace
+
+		"metrics-interval":   "1m",
+		"metrics-resolution": "60",
 	}
 }
 
@@ -163,6 +170,10 @@ var plainKeys = map[string]string{
 	// The proxies in front of the server and the workers' stop (frontdoor.go).
 	"load-balancer":     "alb or none: what forwards client requests to this instance (sets REDASH_PROXIES_COUNT)",
 	"worker-stop-grace": "how long a worker may finish its running job when stopped, e.g. 5m (10s to 1h)",
+
+	// The backlog metrics run publishes to CloudWatch (metrics.go).
+	"metrics-interval":   "how often run publishes the queue backlog to CloudWatch, e.g. 1m (10s to 1h); 0 or off: never",
+	"metrics-resolution": "StorageResolution of the backlog metrics: 60 (standard) or 1 (high resolution)",
 }
 
 // prefixKeys take a name after the colon.
@@ -297,6 +308,7 @@ func build(m map[string]string, where map[string]string) (Config, []Problem) {
 	b.tuning(&c)
 	b.prefixed(&c, layout, layoutOK)
 	b.frontDoor(&c)
+	b.metrics(&c)
 	b.dbSecret(&c)
 	b.endpoints(c)
 	switch c.Provider {

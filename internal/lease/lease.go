@@ -1,9 +1,10 @@
-// Package lease is the cluster-wide lease on Redash 8.x's scheduler: Celery
-// beat has no lock of its own, so with role all on several instances every
-// periodic task would run once per instance. The lease is a session-level
-// PostgreSQL advisory lock (migrate.SchedulerLockKey) on the Redash
-// database, held on a dedicated session: it lasts exactly as long as that
-// session. Release, the agent's exit or death (the kernel closes the
+// Package lease is a cluster-wide lease: a session-level PostgreSQL
+// advisory lock on the Redash database, held on a dedicated session, so it
+// lasts exactly as long as that session. Each Kind is one lease with its own
+// fixed key. Scheduler is the lease on Redash 8.x's scheduler: Celery beat
+// has no lock of its own, so with role all on several instances every
+// periodic task would run once per instance (migrate.SchedulerLockKey);
+// internal/metrics holds another so one instance publishes the backlog. Release, the agent's exit or death (the kernel closes the
 // socket), pg_terminate_backend and a failover all end it, and Held sees
 // the end.
 //
@@ -18,7 +19,6 @@ package lease
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -37,7 +37,19 @@ const HeldTimeout = 5 * time.Second
 // tryTimeout bounds Try and Holders as a whole, the connection included.
 const tryTimeout = 15 * time.Second
 
-// namePrefix starts the application_name of every lease session.
+// Kind is one lease: its advisory-lock key, fixed forever (two agents that
+// disagree on it would both hold "the" lease), what errors call it, and
+// the prefix of its sessions' application_name.
+type Kind struct {
+	Key        int64
+	What       string // e.g. "the 8.x scheduler lease"
+	NamePrefix string // e.g. "redash-agent-scheduler "
+}
+
+// Scheduler is the 8.x scheduler lease.
+var Scheduler = Kind{Key: migrate.SchedulerLockKey, What: "the 8.x scheduler lease", NamePrefix: namePrefix}
+
+// namePrefix starts the application_name of every scheduler lease session.
 const namePrefix = "redash-agent-scheduler "
 
 // maxName is PostgreSQL's limit on application_name (NAMEDATALEN-1 bytes);
@@ -45,9 +57,12 @@ const namePrefix = "redash-agent-scheduler "
 // compares equal to what pg_stat_activity shows.
 const maxName = 63
 
-// Name is the application_name of instance's lease session.
-func Name(instance string) string {
-	n := namePrefix + instance
+// Name is the application_name of instance's scheduler lease session.
+func Name(instance string) string { return Scheduler.Name(instance) }
+
+// Name is the application_name of instance's session of this lease.
+func (k Kind) Name(instance string) string {
+	n := k.NamePrefix + instance
 	if len(n) > maxName {
 		n = n[:maxName]
 	}
@@ -68,6 +83,7 @@ WHERE s.name IN (SELECT name FROM pg_catalog.pg_settings)`
 
 // Lease is a held scheduler lease. Its methods are safe for concurrent use.
 type Lease struct {
+	kind Kind
 	db   desired.DB
 	name string
 
@@ -81,28 +97,33 @@ type Lease struct {
 // sessions that hold it (empty if it could not tell), having closed its
 // own. An error means the database could not be asked: try again later.
 func Try(ctx context.Context, db desired.DB, instance string) (*Lease, []migrate.Holder, error) {
+	return Scheduler.Try(ctx, db, instance)
+}
+
+// Try takes this lease as Try takes the scheduler's.
+func (k Kind) Try(ctx context.Context, db desired.DB, instance string) (*Lease, []migrate.Holder, error) {
 	ctx, cancel := context.WithTimeout(ctx, tryTimeout)
 	defer cancel()
-	name := Name(instance)
+	name := k.Name(instance)
 	conn, err := migrate.Dial(ctx, db, name)
 	if err != nil {
-		return nil, nil, fmt.Errorf("taking the 8.x scheduler lease: %w", err)
+		return nil, nil, fmt.Errorf("taking %s: %w", k.What, err)
 	}
 	if _, err := conn.Exec(ctx, keepalive); err != nil {
 		conn.Close(context.Background())
-		return nil, nil, fmt.Errorf("taking the 8.x scheduler lease on database %q at %s: setting the session's keepalives: %w", migrate.DatabaseLabel(db), db.Addr(), err)
+		return nil, nil, fmt.Errorf("taking %s on database %q at %s: setting the session's keepalives: %w", k.What, migrate.DatabaseLabel(db), db.Addr(), err)
 	}
 	var got bool
-	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, migrate.SchedulerLockKey).Scan(&got); err != nil {
+	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, k.Key).Scan(&got); err != nil {
 		conn.Close(context.Background())
-		return nil, nil, fmt.Errorf("taking the 8.x scheduler lease on database %q at %s: %w", migrate.DatabaseLabel(db), db.Addr(), err)
+		return nil, nil, fmt.Errorf("taking %s on database %q at %s: %w", k.What, migrate.DatabaseLabel(db), db.Addr(), err)
 	}
 	if !got {
-		hs := migrate.LockHolders(ctx, conn, migrate.SchedulerLockKey)
+		hs := migrate.LockHolders(ctx, conn, k.Key)
 		conn.Close(context.Background())
 		return nil, hs, nil
 	}
-	return &Lease{db: db, name: name, conn: conn}, nil, nil
+	return &Lease{kind: k, db: db, name: name, conn: conn}, nil, nil
 }
 
 // Name is the application_name the lease is held under.
@@ -128,21 +149,18 @@ func (l *Lease) Held(ctx context.Context) error {
 SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks
   WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted AND objsubid = 1
     AND classid = $1::bigint::oid AND objid = $2::bigint::oid)`,
-		int64(uint64(migrate.SchedulerLockKey)>>32), int64(uint64(migrate.SchedulerLockKey)&0xffffffff)).Scan(&held)
+		int64(uint64(l.kind.Key)>>32), int64(uint64(l.kind.Key)&0xffffffff)).Scan(&held)
 	switch {
 	case err != nil:
-		l.lost = fmt.Errorf("the 8.x scheduler lease's session on database %q at %s no longer answers: %w", migrate.DatabaseLabel(l.db), l.db.Addr(), err)
+		l.lost = fmt.Errorf("%s's session on database %q at %s no longer answers: %w", l.kind.What, migrate.DatabaseLabel(l.db), l.db.Addr(), err)
 	case !held:
-		l.lost = fmt.Errorf("the 8.x scheduler lease's session on database %q at %s no longer holds the lock", migrate.DatabaseLabel(l.db), l.db.Addr())
+		l.lost = fmt.Errorf("%s's session on database %q at %s no longer holds the lock", l.kind.What, migrate.DatabaseLabel(l.db), l.db.Addr())
 	default:
 		return nil
 	}
 	l.closeLocked()
 	return l.lost
 }
-
-// errReleased is Held's answer after Release.
-var errReleased = errors.New("the 8.x scheduler lease was released")
 
 // Release unlocks and closes the session. It is safe after a loss and more
 // than once; closing the session frees the lock even if the unlock fails.
@@ -154,8 +172,8 @@ func (l *Lease) Release() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), HeldTimeout)
 	defer cancel()
-	_, _ = l.conn.Exec(ctx, `SELECT pg_advisory_unlock($1)`, migrate.SchedulerLockKey)
-	l.lost = errReleased
+	_, _ = l.conn.Exec(ctx, `SELECT pg_advisory_unlock($1)`, l.kind.Key)
+	l.lost = fmt.Errorf("%s was released", l.kind.What) // Held's answer from now on
 	l.closeLocked()
 }
 
@@ -169,14 +187,19 @@ func (l *Lease) closeLocked() {
 // Holders reads who holds the lease in db's database without taking it:
 // for status, doctor and `render --plan`.
 func Holders(ctx context.Context, db desired.DB) ([]migrate.Holder, error) {
+	return Scheduler.Holders(ctx, db)
+}
+
+// Holders reads who holds this lease, as Holders does the scheduler's.
+func (k Kind) Holders(ctx context.Context, db desired.DB) ([]migrate.Holder, error) {
 	ctx, cancel := context.WithTimeout(ctx, tryTimeout)
 	defer cancel()
 	conn, err := migrate.Dial(ctx, db, "redash-agent lease reader")
 	if err != nil {
-		return nil, fmt.Errorf("reading who holds the 8.x scheduler lease: %w", err)
+		return nil, fmt.Errorf("reading who holds %s: %w", k.What, err)
 	}
 	defer conn.Close(context.Background())
-	return migrate.LockHolders(ctx, conn, migrate.SchedulerLockKey), nil
+	return migrate.LockHolders(ctx, conn, k.Key), nil
 }
 
 // Describe names the holders for a log line or a status.
@@ -191,10 +214,13 @@ func Describe(hs []migrate.Holder) string {
 	return strings.Join(s, "; ")
 }
 
-// HeldBy reports whether one of hs is a session of instance's.
-func HeldBy(hs []migrate.Holder, instance string) bool {
+// HeldBy reports whether one of hs is a scheduler lease session of instance's.
+func HeldBy(hs []migrate.Holder, instance string) bool { return Scheduler.HeldBy(hs, instance) }
+
+// HeldBy reports whether one of hs is a session of instance's of this lease.
+func (k Kind) HeldBy(hs []migrate.Holder, instance string) bool {
 	for _, h := range hs {
-		if h.AppName == Name(instance) {
+		if h.AppName == k.Name(instance) {
 			return true
 		}
 	}

@@ -156,3 +156,32 @@ func TestTryUnreachable(t *testing.T) {
 		t.Errorf("error %q: want the address and not the db user", err)
 	}
 }
+
+// TestKindsAreIndependent: another Kind (the metrics lease) is a lock of its
+// own: holding it does not hold the scheduler's, and its sessions are named
+// by its prefix.
+func TestKindsAreIndependent(t *testing.T) {
+	db := testDB(t)
+	ctx := context.Background()
+	other := Kind{Key: 0x5245444153484d54, What: "the test lease", NamePrefix: "redash-agent-test "}
+	l, _, err := other.Try(ctx, db, "host-a proj")
+	if err != nil || l == nil {
+		t.Fatalf("other.Try: %v, %v", l, err)
+	}
+	defer l.Release()
+	if !strings.HasPrefix(l.Name(), "redash-agent-test ") {
+		t.Errorf("Name %q, want the kind's prefix", l.Name())
+	}
+	if err := l.Held(ctx); err != nil {
+		t.Fatalf("Held: %v", err)
+	}
+	mustTry(t, db, "host-b proj") // the scheduler's lease is still free
+	l2, hs, err := other.Try(ctx, db, "host-b proj")
+	if err != nil || l2 != nil || !other.HeldBy(hs, "host-a proj") {
+		t.Fatalf("other.Try by a second instance: %v, %s, %v; want refused, held by host-a", l2, Describe(hs), err)
+	}
+	l.Release()
+	if err := l.Held(ctx); err == nil || !strings.Contains(err.Error(), "the test lease") {
+		t.Errorf("Held after Release: %v, want it to name the lease", err)
+	}
+}

@@ -10,7 +10,8 @@
 // the comma-joined queue names and whose "hostname" is socket.gethostname(),
 // i.e. the container's hostname. The hash expires unless the worker
 // heartbeats; a worker that dies cleanly leaves the set and sets "death".
-// A queue's jobs wait in the list "rq:queue:<name>".
+// A queue's jobs wait in the list "rq:queue:<name>"; backlog.go reads the
+// rest of the backlog (started jobs, and Celery's queues).
 package queues
 
 import (
@@ -48,6 +49,16 @@ type Reader struct {
 	addr string
 }
 
+// quietPool drops go-redis's own log lines (a pool that fails to dial
+// prints one per attempt to stderr): every failure already reaches the
+// caller as an error naming the address, and the callers decide how often
+// the journal hears of it (the backlog metrics: once per outage).
+type quietPool struct{}
+
+func (quietPool) Printf(context.Context, string, ...any) {}
+
+func init() { redis.SetLogger(quietPool{}) }
+
 // Open returns a Reader for c; it does not dial until the first call.
 func Open(c Conn) *Reader {
 	opt := &redis.Options{
@@ -82,12 +93,20 @@ func (r *Reader) Workers(ctx context.Context) ([]Worker, error) {
 		return nil, r.wrap("reading the RQ worker set "+WorkersKey, err)
 	}
 	slices.Sort(keys)
-	var out []Worker
-	for _, key := range keys {
-		h, err := r.c.HMGet(ctx, key, "queues", "hostname", "death").Result()
-		if err != nil {
-			return nil, r.wrap("reading RQ worker "+key, err)
+	// One round trip for all of them: a fleet may run hundreds.
+	p := r.c.Pipeline()
+	cmds := make([]*redis.SliceCmd, len(keys))
+	for i, key := range keys {
+		cmds[i] = p.HMGet(ctx, key, "queues", "hostname", "death")
+	}
+	if len(keys) > 0 {
+		if _, err := p.Exec(ctx); err != nil {
+			return nil, r.wrap("reading the RQ workers of "+WorkersKey, err)
 		}
+	}
+	var out []Worker
+	for i, key := range keys {
+		h := cmds[i].Val()
 		queues, _ := h[0].(string)
 		hostname, _ := h[1].(string)
 		if h[0] == nil && h[1] == nil || h[2] != nil {

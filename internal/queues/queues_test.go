@@ -2,10 +2,15 @@ package queues_test
 
 import (
 	"context"
+	"math"
+	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/redash-agent/redash-agent/internal/queues"
 	"github.com/redash-agent/redash-agent/internal/testenv"
@@ -74,5 +79,104 @@ func TestWrongPassword(t *testing.T) {
 	err := r.Ping(context.Background())
 	if err == nil || !strings.Contains(err.Error(), srv.Addr()) || strings.Contains(err.Error(), "not-the-pw-42") {
 		t.Errorf("Ping with a wrong password: %v (must fail, name the address, not the password)", err)
+	}
+}
+
+// TestRQBacklog lays out RQ's keys as rq 1.x writes them: 7 jobs waiting in
+// queries and 2 in scheduled_queries, started jobs scored by their expiry
+// (one in the future, one without a timeout, one expired: abandoned), and
+// two live workers and a dead one.
+func TestRQBacklog(t *testing.T) {
+	srv := testenv.Redis(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c := srv.Client()
+	defer c.Close()
+	now := time.Now()
+	for i := range 7 {
+		c.RPush(ctx, queues.QueuePrefix+"queries", "q"+string(rune('a'+i)))
+	}
+	c.RPush(ctx, queues.QueuePrefix+"scheduled_queries", "s1", "s2")
+	c.SAdd(ctx, queues.QueuesKey, queues.QueuePrefix+"queries", queues.QueuePrefix+"scheduled_queries", queues.QueuePrefix+"adhoc_extra")
+	c.ZAdd(ctx, queues.StartedKey+"queries",
+		redis.Z{Score: float64(now.Unix() + 300), Member: "running-1"},
+		redis.Z{Score: math.Inf(1), Member: "running-no-timeout"},
+		redis.Z{Score: float64(now.Unix() - 10), Member: "abandoned"})
+	reg := func(name, qs string, dead bool) {
+		key := queues.WorkerPrefix + name
+		c.SAdd(ctx, queues.WorkersKey, key)
+		c.HSet(ctx, key, "queues", qs, "hostname", "h")
+		if dead {
+			c.HSet(ctx, key, "death", "x")
+		}
+	}
+	reg("w1", "queries,scheduled_queries", false)
+	reg("w2", "queries,periodic", false)
+	reg("w3", "queries", true)
+
+	r := queues.Open(queues.Conn{Addr: srv.Addr(), Password: srv.Password})
+	defer r.Close()
+	b, err := r.RQBacklog(ctx, []string{"queries", "scheduled_queries", "emails"}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]queues.QueueBacklog{}
+	var names []string
+	for _, q := range b.Queues {
+		got[q.Queue] = q
+		names = append(names, q.Queue)
+	}
+	if want := []string{"adhoc_extra", "emails", "periodic", "queries", "scheduled_queries"}; !slices.Equal(names, want) {
+		t.Errorf("queues %v, want %v (wanted, registered in rq:queues, consumed)", names, want)
+	}
+	if q := got["queries"]; q.Queued != 7 || q.Running != 2 || q.Workers != 2 {
+		t.Errorf("queries: %+v, want 7 queued, 2 running (not the expired one), 2 live workers", q)
+	}
+	if q := got["scheduled_queries"]; q.Queued != 2 || q.Running != 0 || q.Workers != 1 {
+		t.Errorf("scheduled_queries: %+v, want 2 queued, 1 worker", q)
+	}
+	if b.Queued() != 9 || b.Running() != 2 || b.Workers != 2 || b.Celery {
+		t.Errorf("totals: queued %d running %d workers %d, want 9, 2, 2", b.Queued(), b.Running(), b.Workers)
+	}
+	ids, err := r.RunningJobs(ctx, "queries", now)
+	if slices.Sort(ids); err != nil || !slices.Equal(ids, []string{"running-1", "running-no-timeout"}) {
+		t.Errorf("RunningJobs: %v, %v", ids, err)
+	}
+}
+
+// TestCeleryBacklog: kombu's Redis transport keeps a queue as the list named
+// after it plus one list per priority step; the backlog adds them.
+func TestCeleryBacklog(t *testing.T) {
+	srv := testenv.Redis(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c := srv.Client()
+	defer c.Close()
+	for range 5 {
+		c.LPush(ctx, "queries", "{}")
+	}
+	c.LPush(ctx, "queries\x06\x163", "{}", "{}")
+	c.LPush(ctx, "scheduled_queries", "{}", "{}")
+	r := queues.Open(queues.Conn{Addr: srv.Addr(), Password: srv.Password})
+	defer r.Close()
+	b, err := r.CeleryBacklog(ctx, []string{"queries", "scheduled_queries", "celery", "schemas"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []queues.QueueBacklog{{Queue: "celery"}, {Queue: "queries", Queued: 7}, {Queue: "scheduled_queries", Queued: 2}, {Queue: "schemas"}}
+	if !slices.Equal(b.Queues, want) || !b.Celery || b.Queued() != 9 {
+		t.Errorf("Celery backlog %+v, want %+v", b.Queues, want)
+	}
+}
+
+// TestBacklogRedisDown: a Redis that does not answer is an error naming
+// its address, never the password.
+func TestBacklogRedisDown(t *testing.T) {
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(testenv.FreePort(t)))
+	r := queues.Open(queues.Conn{Addr: addr, Password: "s3cr3t-token"})
+	defer r.Close()
+	_, err := r.RQBacklog(context.Background(), []string{"queries"}, time.Now())
+	if err == nil || !strings.Contains(err.Error(), addr) || strings.Contains(err.Error(), "s3cr3t-token") {
+		t.Errorf("RQBacklog on a closed port: %v; want an error naming %s without the password", err, addr)
 	}
 }

@@ -23,10 +23,11 @@ package main
 // supervisord; either way the container stays up and only Redis shows it.
 //
 // Jobs: a test pushes a job ID onto rq:queue:<queue> and may set the hash
-// rq:job:<id> field sleep_ms; the worker sets status "started" with
-// started_at, worker_name, worker_host (the container's host name) and
-// worker_head (FAKEREDASH_HEAD: which image's worker took it), then
-// "finished" with ended_at when done.
+// rq:job:<id> field sleep_ms; the worker adds it to RQ's started registry
+// rq:wip:<queue> and sets status "started" with started_at, worker_name,
+// worker_host (the container's host name) and worker_head (FAKEREDASH_HEAD:
+// which image's worker took it), then "finished" with ended_at when done,
+// leaving the registry.
 
 import (
 	"context"
@@ -48,6 +49,10 @@ const (
 	rqWorkerKey  = "rq:worker:"
 	rqQueueKey   = "rq:queue:"
 	rqJobKey     = "rq:job:"
+	rqStartedKey = "rq:wip:" // + queue: RQ's StartedJobRegistry
+	// startedTTL is what a started job's expiry adds to its run time
+	// (RQ adds 60 s to the timeout or heartbeat).
+	startedTTL = 60 * time.Second
 	// workerTTL is the registration's lifetime without a heartbeat (RQ's
 	// is worker_ttl+60 s; shorter here so a killed stand-in clears sooner).
 	workerTTL      = 30 * time.Second
@@ -228,14 +233,20 @@ func runJob(c *redis.Client, worker, workerKey, queue, id string) {
 	jobsRunning.Add(1)
 	defer jobsRunning.Add(-1)
 	jobKey := rqJobKey + id
+	ms, _ := strconv.Atoi(c.HGet(bg, jobKey, "sleep_ms").Val())
+	// RQ's StartedJobRegistry: the job's ID scored by when it expires, in
+	// whole Unix seconds (rq 1.1/1.5: now + its timeout; 1.16: now + a
+	// heartbeat TTL it refreshes). Removed when the job ends.
+	expires := time.Now().Add(time.Duration(ms)*time.Millisecond + startedTTL).Unix()
+	c.ZAdd(bg, rqStartedKey+queue, redis.Z{Score: float64(expires), Member: id})
 	c.HSet(bg, workerKey, "state", "busy", "current_job", id)
 	host, _ := os.Hostname()
 	c.HSet(bg, jobKey, "status", "started", "worker_name", worker, "origin", queue,
 		"started_at", time.Now().UTC().Format(time.RFC3339Nano), "worker_host", host, "worker_head", os.Getenv("FAKEREDASH_HEAD"))
-	ms, _ := strconv.Atoi(c.HGet(bg, jobKey, "sleep_ms").Val())
 	fmt.Fprintf(os.Stderr, "fakeredash: rq worker %s: %s: job %s started\n", worker, queue, id)
 	time.Sleep(time.Duration(ms) * time.Millisecond)
 	c.HSet(bg, jobKey, "status", "finished", "ended_at", time.Now().UTC().Format(time.RFC3339Nano))
+	c.ZRem(bg, rqStartedKey+queue, id)
 	c.HSet(bg, workerKey, "state", "idle", "current_job", "")
 	fmt.Fprintf(os.Stderr, "fakeredash: rq worker %s: %s: job %s finished\n", worker, queue, id)
 }

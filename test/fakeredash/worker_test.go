@@ -41,12 +41,27 @@ func TestRQWorkerRegistersConsumesUnregisters(t *testing.T) {
 	}
 	c := srv.Client()
 	defer c.Close()
+	// While it runs, the job is in RQ's started registry, as the backlog
+	// metrics and a drain read it (internal/queues); then it leaves it.
+	c.HSet(context.Background(), "rq:job:job1", "sleep_ms", "1500")
 	c.RPush(context.Background(), "rq:queue:schemas", "job1")
+	for c.HGet(context.Background(), "rq:job:job1", "status").Val() != "started" {
+		if time.Now().After(deadline) {
+			t.Fatal("job1 not started within 15s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if b, err := r.RQBacklog(context.Background(), []string{"schemas"}, time.Now()); err != nil || b.Running() != 1 || b.Queued() != 0 {
+		t.Errorf("backlog while job1 runs: %+v, %v; want 1 running, 0 queued", b, err)
+	}
 	for c.HGet(context.Background(), "rq:job:job1", "status").Val() != "finished" {
 		if time.Now().After(deadline) {
 			t.Fatal("job1 not finished within 15s")
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+	if ids, err := r.RunningJobs(context.Background(), "schemas", time.Now()); err != nil || len(ids) != 0 {
+		t.Errorf("started registry after job1 finished: %v, %v; want empty", ids, err)
 	}
 	stop()
 	select {
