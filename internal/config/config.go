@@ -89,6 +89,8 @@ type Config struct {
 	LoadBalancer string
 	// WorkerStopGrace is the stop grace of the services that run jobs.
 	WorkerStopGrace time.Duration
+	// Lifecycle is what the agent does for its Auto Scaling group (lifecycle.go).
+	Lifecycle Lifecycle
 
 	// Origins maps every set key to the layer it came from.
 	Origins map[string]Source
@@ -115,6 +117,11 @@ func defaults() map[string]string {
 
 		// load-balancer has no entry: its default depends on the provider.
 		"worker-stop-grace": "5m", // DefaultWorkerStopGrace
+
+		// drain-timeout has no entry: it defaults to worker-stop-grace.
+		"lifecycle-hook-launch":    DefaultLaunchHook,
+		"lifecycle-hook-terminate": DefaultTerminateHook,
+		"drain-deregister-wait":    "60s",
 	}
 }
 
@@ -158,6 +165,12 @@ var plainKeys = map[string]string{
 	// The proxies in front of the server and the workers' stop (frontdoor.go).
 	"load-balancer":     "alb or none: what forwards client requests to this instance (sets REDASH_PROXIES_COUNT)",
 	"worker-stop-grace": "how long a worker may finish its running job when stopped, e.g. 5m (10s to 1h)",
+
+	// Auto Scaling lifecycle hooks and the scale-in drain (lifecycle.go).
+	"lifecycle-hook-launch":    "the group's launch lifecycle hook the agent completes when READY",
+	"lifecycle-hook-terminate": "the group's terminate lifecycle hook the agent completes after draining",
+	"drain-timeout":            "how long a scale-in drain waits for running jobs, e.g. 5m (10s to 1h; default worker-stop-grace)",
+	"drain-deregister-wait":    "how long the web role fails /ping before stopping: the ALB health check's interval x unhealthy threshold",
 }
 
 // prefixKeys take a name after the colon.
@@ -292,6 +305,7 @@ func build(m map[string]string, where map[string]string) (Config, []Problem) {
 	b.tuning(&c)
 	b.prefixed(&c, layout, layoutOK)
 	b.frontDoor(&c)
+	b.lifecycle(&c)
 	b.dbSecret(&c)
 	b.endpoints(c)
 	switch c.Provider {
