@@ -86,6 +86,7 @@ func (a *Agent) Up(ctx context.Context) (UpResult, error) {
 		return res, err
 	}
 	res.Config = r.Config
+	a.scale.redis = r.State.Redis
 	lock, err := a.Lock(ctx)
 	if err != nil {
 		return res, err
