@@ -222,6 +222,11 @@ func TestScaleInLifecycle(t *testing.T) {
 	if !beat {
 		t.Errorf("no lifecycle heartbeat before the terminate hook was completed; calls %+v", proxy.Calls())
 	}
+	for _, l := range strings.Split(out, "\n") {
+		if strings.Contains(l, "step=drain") || strings.Contains(l, "step=lifecycle") {
+			t.Log(l)
+		}
+	}
 	// No converge brings the stopped containers back.
 	time.Sleep(time.Second)
 	for svc, id := range s.containers(t) {

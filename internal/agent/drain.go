@@ -226,7 +226,8 @@ func (a *Agent) reportLostJobs(ctx context.Context, cfg config.Config, hosts []s
 		lost = append(lost, j.Name())
 	}
 	slices.Sort(lost)
-	a.log.Error(fmt.Sprintf("%d job(s) outlived the drain timeout and were killed with their worker: %s; RQ marks them failed (abandoned), so re-run them; raise redash:drain-timeout if this recurs",
+	a.log.Error(fmt.Sprintf("%d job(s) outlived the drain timeout and were killed with their worker: %s; they did not finish "+
+		"(RQ moves them to its failed registry when their timeout passes): re-run those queries, and raise redash:drain-timeout if this recurs",
 		len(jobs), strings.Join(lost, "; ")), "step", "drain", "drain_timeout", cfg.Lifecycle.DrainTimeout)
 }
 
