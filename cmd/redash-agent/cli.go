@@ -249,6 +249,7 @@ var configKeys = []string{
 	"provider", "project", "version", "image", "nginx-image", "postgres-image", "redis-image", "role", "nginx",
 	"secrets-prefix", "db-endpoint", "db-name", "redis-endpoint", "redis-url", "web-workers", "log-group",
 	"server-port", "nginx-port", "refresh", "load-balancer", "worker-stop-grace",
+	"lifecycle-hook-launch", "lifecycle-hook-terminate", "drain-timeout", "drain-deregister-wait",
 }
 
 // configRows lists the resolved configuration, one row per setting that has
@@ -285,6 +286,14 @@ func configRows(cfg config.Config) []configRow {
 		"redis-url": cfg.RedisURL, "web-workers": itoa(cfg.WebWorkers), "log-group": cfg.LogGroup,
 		"server-port": itoa(cfg.ServerPort), "nginx-port": itoa(cfg.NginxPort), "refresh": cfg.Refresh.String(),
 		"load-balancer": cfg.LoadBalancer, "worker-stop-grace": cfg.WorkerStopGrace.String(),
+		"lifecycle-hook-launch": cfg.Lifecycle.LaunchHook, "lifecycle-hook-terminate": cfg.Lifecycle.TerminateHook,
+	}
+	if cfg.Lifecycle.DrainTimeout > 0 {
+		values["drain-timeout"] = cfg.Lifecycle.DrainTimeout.String()
+	}
+	if cfg.Lifecycle.LaunchHook != "" {
+		// A zero wait is a setting (no wait), unlike a zero Config.
+		values["drain-deregister-wait"] = cfg.Lifecycle.DeregisterWait.String()
 	}
 	if cfg.WorkerStopGrace <= 0 {
 		values["worker-stop-grace"] = ""
