@@ -15,6 +15,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -98,26 +99,58 @@ func asgTags() map[string]string {
 }
 
 // TestLaunchHookAbandonedOnConfigError: a configuration error at boot
-// (exit 3) completes the launch hook with ABANDON before the agent exits.
+// (exit 3) completes the launch hook with ABANDON before the agent exits,
+// whether it is found in the tags and flags (after IMDS was read) or in the
+// config file (before).
 func TestLaunchHookAbandonedOnConfigError(t *testing.T) {
 	f := newFixture(t, asgTags())
 	proxy := testenv.StartASGProxy(t, f.moto)
 	proxy.CreateGroup(t, testGroup, testLaunchHook, testTerminateHook)
-	proxy.Pending(testGroup, testLaunchHook, testenv.IMDSMockInstanceID)
 	ls := newLifecycleSwitch(t, asgTags())
-	ns := newNotifySocket(t)
-	p := startRunASG(t, f, ls.endpoint, proxy.Endpoint, ns.path, "--set", "role=db")
-	select {
-	case <-p.exited:
-	case <-time.After(time.Minute):
-		t.Fatal("run did not exit on a configuration error")
+	good := readFileT(t, f.config)
+	for _, tc := range []struct {
+		name, config string
+		args         []string
+	}{
+		{"bad flag", good, []string{"--set", "role=db"}},
+		{"bad config file", "role: [web\n", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			writeFileT(t, f.config, tc.config)
+			mark := len(proxy.Calls())
+			proxy.Pending(testGroup, testLaunchHook, testenv.IMDSMockInstanceID)
+			ns := newNotifySocket(t)
+			p := startRunASG(t, f, ls.endpoint, proxy.Endpoint, ns.path, tc.args...)
+			select {
+			case <-p.exited:
+			case <-time.After(time.Minute):
+				t.Fatal("run did not exit on a configuration error")
+			}
+			if code := exitCodeOf(p.err); code != 3 {
+				t.Errorf("exit status %d, want 3", code)
+			}
+			calls := proxy.Calls()[mark:]
+			if len(calls) != 1 || calls[0].Action != "CompleteLifecycleAction" || calls[0].Result != "ABANDON" || calls[0].Error != "" ||
+				calls[0].Hook != testLaunchHook || calls[0].Instance != testenv.IMDSMockInstanceID {
+				t.Fatalf("lifecycle calls %+v, want one ABANDON of %s for %s", calls, testLaunchHook, testenv.IMDSMockInstanceID)
+			}
+		})
 	}
-	if code := exitCodeOf(p.err); code != 3 {
-		t.Errorf("exit status %d, want 3", code)
+}
+
+func readFileT(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
 	}
-	c, ok := proxy.WaitFor(time.Second, func(c testenv.ASGCall) bool { return c.Action == "CompleteLifecycleAction" })
-	if !ok || c.Result != "ABANDON" || c.Error != "" || c.Hook != testLaunchHook || c.Instance != testenv.IMDSMockInstanceID {
-		t.Fatalf("launch hook call = %+v (found %v), want ABANDON of %s for %s; calls %+v", c, ok, testLaunchHook, testenv.IMDSMockInstanceID, proxy.Calls())
+	return string(b)
+}
+
+func writeFileT(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -99,12 +99,20 @@ func (a *Agent) abandonLaunch(cfg config.Config, err error) {
 	if exitcode.Of(err) != exitcode.Config {
 		return
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if a.scale.instance.InstanceID == "" && cfg.Provider != config.ProviderLocal {
+		// The error came before IMDS was read (a bad config file): read the
+		// instance and its group now, briefly and quietly (off EC2 nothing
+		// answers, and the configuration error is what matters).
+		if inst, err := imds.New(imds.Options{Deadline: 3 * time.Second}).Instance(ctx); err == nil {
+			a.scale.instance = inst
+		}
+	}
 	act, ok := a.lifecycleAction(cfg, cfg.Lifecycle.LaunchHook)
 	if !ok {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
 	a.log.Warn("configuration error at boot: abandoning the launch lifecycle action so the group replaces this instance", "step", "lifecycle")
 	a.completeLaunch(ctx, a.region(cfg), act, lifecycle.Abandon)
 }
