@@ -1,12 +1,15 @@
 package packaging
 
 import (
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/redash-agent/redash-agent/internal/config"
 	"github.com/redash-agent/redash-agent/internal/testenv"
 )
 
@@ -193,8 +196,12 @@ func TestCloudFormationTemplate(t *testing.T) {
 					}
 					continue
 				}
+				// PutMetricData names no resource; its bound is the
+				// namespace condition (checked in TestCloudFormationScaling).
+				metricsOnly := strings.TrimSpace(actions) == "cloudwatch:PutMetricData" &&
+					st.path("Condition", "StringEquals", "cloudwatch:namespace").text() == "Redash"
 				for _, r := range resources {
-					if r.text() == "*" || strings.HasSuffix(r.text(), ":*") {
+					if !metricsOnly && (r.text() == "*" || strings.HasSuffix(r.text(), ":*")) {
 						t.Errorf("statement %q has a wildcard resource %q", st.get("Sid").text(), r.text())
 					}
 				}
@@ -234,4 +241,149 @@ func TestCloudFormationTemplate(t *testing.T) {
 			t.Errorf("instance role has managed policies %v: they would widen what the instances can read", mp.items())
 		}
 	})
+}
+
+// TestCloudFormationScaling: the groups, their hooks, scaling policies and
+// the instance role's Auto Scaling and CloudWatch permissions are what the
+// README's "Scaling" section says, and the hooks are the names the agent
+// completes by default.
+func TestCloudFormationScaling(t *testing.T) {
+	tpl := loadTemplate(t)
+	res := tpl.get("Resources")
+	readme := readFile(t, "../README.md")
+	start := strings.Index(readme, "\n## Scaling\n")
+	if start < 0 {
+		t.Fatal("README has no \"## Scaling\" section")
+	}
+	section := readme[start+1:]
+	if end := strings.Index(section[3:], "\n## "); end >= 0 {
+		section = section[:end+3]
+	}
+
+	// The README's table: | group | `redash:role` | scaled on | hooks |
+	rowRE := regexp.MustCompile("(?m)^\\| `(\\w+)` \\| `(\\w+)` \\| ([^|]+) \\| `([\\w-]+)`, `([\\w-]+)` \\|$")
+	rows := rowRE.FindAllStringSubmatch(section, -1)
+	if len(rows) != 2 {
+		t.Fatalf("README's Scaling table: %d group rows, want 2 (web and workers)", len(rows))
+	}
+	for _, row := range rows {
+		resource, role, scaledOn, launch, terminate := row[1], row[2], row[3], row[4], row[5]
+		g := res.path(resource, "Properties")
+		if g.Node == nil {
+			t.Errorf("README names group resource %s; the template has none", resource)
+			continue
+		}
+		var roleTag string
+		for _, tag := range g.get("Tags").items() {
+			if tag.get("Key").text() == "redash:role" && tag.get("PropagateAtLaunch").text() == "true" {
+				roleTag = tag.get("Value").text()
+			}
+		}
+		if roleTag != role {
+			t.Errorf("%s: propagated redash:role %q, README says %q", resource, roleTag, role)
+		}
+		if g.get("HealthCheckGracePeriod").text() == "600" {
+			t.Errorf("%s still relies on a 600 s grace period", resource)
+		}
+		hooks := map[string]string{}
+		for _, h := range g.get("LifecycleHookSpecificationList").items() {
+			hooks[h.get("LifecycleTransition").text()] = h.get("LifecycleHookName").text()
+		}
+		if hooks["autoscaling:EC2_INSTANCE_LAUNCHING"] != launch || hooks["autoscaling:EC2_INSTANCE_TERMINATING"] != terminate {
+			t.Errorf("%s: hooks %v, README says launch %q and terminate %q", resource, hooks, launch, terminate)
+		}
+		if launch != config.DefaultLaunchHook || terminate != config.DefaultTerminateHook {
+			t.Errorf("%s: hooks %q/%q are not the agent's defaults %q/%q", resource, launch, terminate, config.DefaultLaunchHook, config.DefaultTerminateHook)
+		}
+		// The scaling policy of this group.
+		var policy node
+		for i := 0; i+1 < len(res.Content); i += 2 {
+			r := node{res.Content[i+1]}
+			if r.get("Type").text() == "AWS::AutoScaling::ScalingPolicy" && r.path("Properties", "AutoScalingGroupName").text() == "!Ref "+resource {
+				policy = r.path("Properties", "TargetTrackingConfiguration")
+			}
+		}
+		if policy.Node == nil {
+			t.Errorf("%s has no target tracking policy", resource)
+			continue
+		}
+		switch {
+		case strings.Contains(scaledOn, "ALBRequestCountPerTarget"):
+			if got := policy.path("PredefinedMetricSpecification", "PredefinedMetricType").text(); got != "ALBRequestCountPerTarget" {
+				t.Errorf("%s scales on %q, README says ALBRequestCountPerTarget", resource, got)
+			}
+		case strings.Contains(scaledOn, "QueuedJobs") && strings.Contains(scaledOn, "GroupInServiceInstances"):
+			var names []string
+			var expr string
+			for _, m := range policy.path("CustomizedMetricSpecification", "Metrics").items() {
+				names = append(names, m.path("MetricStat", "Metric", "Namespace").text()+"/"+m.path("MetricStat", "Metric", "MetricName").text())
+				if m.get("ReturnData").text() == "true" {
+					expr = m.get("Expression").text()
+				}
+			}
+			if !slices.Contains(names, "Redash/QueuedJobs") || !slices.Contains(names, "AWS/AutoScaling/GroupInServiceInstances") || expr != "queued / workers" {
+				t.Errorf("%s: metric math over %q returning %q, README says QueuedJobs / GroupInServiceInstances", resource, names, expr)
+			}
+		default:
+			t.Errorf("%s: README's \"scaled on\" %q names no metric this test knows", resource, scaledOn)
+		}
+		if !strings.HasPrefix(policy.get("TargetValue").text(), "!Ref ") {
+			t.Errorf("%s: the target is not a parameter", resource)
+		}
+	}
+
+	// The README's permission list, one "- `action` ..." line each, is the
+	// role's CloudWatch and Auto Scaling statements, exactly.
+	var readmePerms []string
+	for _, m := range regexp.MustCompile("(?m)^- `((?:cloudwatch|autoscaling):\\w+)`").FindAllStringSubmatch(section, -1) {
+		readmePerms = append(readmePerms, m[1])
+	}
+	var tplPerms []string
+	for _, pol := range res.path("InstanceRole", "Properties", "Policies").items() {
+		for _, st := range pol.path("PolicyDocument", "Statement").items() {
+			actions := []string{st.get("Action").text()}
+			if items := st.get("Action").items(); items != nil {
+				actions = nil
+				for _, a := range items {
+					actions = append(actions, a.text())
+				}
+			}
+			for _, a := range actions {
+				if !strings.HasPrefix(a, "cloudwatch:") && !strings.HasPrefix(a, "autoscaling:") {
+					continue
+				}
+				tplPerms = append(tplPerms, a)
+				resources := st.get("Resource").items()
+				switch {
+				case a == "cloudwatch:PutMetricData":
+					if st.path("Condition", "StringEquals", "cloudwatch:namespace").text() != "Redash" {
+						t.Errorf("PutMetricData without the cloudwatch:namespace = Redash condition")
+					}
+				case len(resources) != 2:
+					t.Errorf("%s on %d resources, want the stack's two groups", a, len(resources))
+				default:
+					for _, r := range resources {
+						if !strings.Contains(r.text(), ":autoScalingGroup:*:autoScalingGroupName/${AWS::StackName}-") {
+							t.Errorf("%s on %q: want only this stack's groups", a, r.text())
+						}
+					}
+				}
+			}
+		}
+	}
+	slices.Sort(readmePerms)
+	slices.Sort(tplPerms)
+	if !slices.Equal(readmePerms, tplPerms) || len(tplPerms) != 3 {
+		t.Errorf("instance role's CloudWatch/Auto Scaling actions %q, README lists %q; want the same three", tplPerms, readmePerms)
+	}
+	// The group names the role's ARNs spell out are the groups' own.
+	for _, g := range []string{"WebGroup", "WorkerGroup"} {
+		name := res.path(g, "Properties", "AutoScalingGroupName").text()
+		if !strings.HasPrefix(name, "!Sub ${AWS::StackName}-") {
+			t.Errorf("%s is named %q, not the ${AWS::StackName}-... the role's ARNs expect", g, name)
+		}
+	}
+	if res.path("Dashboard", "Type").text() != "AWS::CloudWatch::Dashboard" {
+		t.Error("no CloudWatch dashboard")
+	}
 }

@@ -252,6 +252,7 @@ var configKeys = []string{
 	"secrets-prefix", "db-endpoint", "db-name", "redis-endpoint", "redis-url", "web-workers", "log-group",
 	"server-port", "nginx-port", "refresh", "secret-poll", "load-balancer", "worker-stop-grace",
 	"metrics-interval", "metrics-resolution",
+	"lifecycle-hook-launch", "lifecycle-hook-terminate", "drain-timeout", "drain-deregister-wait",
 }
 
 // configRows lists the resolved configuration, one row per setting that has
@@ -290,6 +291,14 @@ func configRows(cfg config.Config) []configRow {
 		"secret-poll":   cfg.SecretPoll.String(),
 		"load-balancer": cfg.LoadBalancer, "worker-stop-grace": cfg.WorkerStopGrace.String(),
 		"metrics-interval": metricsInterval(cfg), "metrics-resolution": itoa(cfg.MetricsResolution),
+		"lifecycle-hook-launch": cfg.Lifecycle.LaunchHook, "lifecycle-hook-terminate": cfg.Lifecycle.TerminateHook,
+	}
+	if cfg.Lifecycle.DrainTimeout > 0 {
+		values["drain-timeout"] = cfg.Lifecycle.DrainTimeout.String()
+	}
+	if cfg.Lifecycle.LaunchHook != "" {
+		// A zero wait is a setting (no wait), unlike a zero Config.
+		values["drain-deregister-wait"] = cfg.Lifecycle.DeregisterWait.String()
 	}
 	if cfg.WorkerStopGrace <= 0 {
 		values["worker-stop-grace"] = ""

@@ -100,6 +100,8 @@ type Agent struct {
 	pause pauseState
 	// metrics is run's backlog publisher; nil for the one-shot commands (metrics.go).
 	metrics *metrics.Loop
+	// scale is what the lifecycle hooks and the drain need (lifecycle.go).
+	scale scaleState
 	// notConfiguredGrace and tagsPoll are unconfiguredTagsGrace and
 	// tagsPollInterval; tests shorten them.
 	notConfiguredGrace, tagsPoll time.Duration
@@ -312,6 +314,9 @@ func (a *Agent) readInstance(ctx context.Context, nothingLocal bool) (imds.Insta
 			opts.TagsDeadline = max(time.Until(until), time.Millisecond)
 		}
 		inst, err := a.remote.imds(opts).Instance(ctx)
+		if err == nil {
+			a.scale.instance = inst
+		}
 		nothingYet := errors.Is(err, imds.ErrTagsNotEnabled) || err == nil && !config.HasRedashTags(inst.Tags)
 		left := time.Until(until)
 		if !nothingLocal || !nothingYet || left <= 0 {

@@ -90,6 +90,7 @@ func (a *Agent) Up(ctx context.Context) (UpResult, error) {
 	}
 	res.Config = r.Config
 	a.setMetrics(r) // run's publisher follows the configuration, whatever the converge does next
+	a.scale.redis = r.State.Redis
 	lock, err := a.Lock(ctx)
 	if err != nil {
 		return res, err

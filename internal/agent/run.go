@@ -115,6 +115,7 @@ func (a *Agent) Run(ctx context.Context, n Notifier) error {
 	}
 	if err != nil {
 		n.Status("failed: %s", firstLine(err.Error()))
+		a.abandonLaunch(res.Config, err) // lifecycle.go
 		return err
 	}
 	a.log.Info("boot finished", append([]any{"step", "boot", "took", time.Since(boot).Round(time.Millisecond)}, a.timingAttrs()...)...)
@@ -126,6 +127,9 @@ func (a *Agent) Run(ctx context.Context, n Notifier) error {
 
 	refresh := res.Config.Refresh
 	project := res.Config.Project
+	// The launch hook, and the scale-in watch (lifecycle.go, drain.go).
+	cfg := res.Config
+	scaleIn := a.startLifecycle(ctx, cfg)
 	// From here on a Secrets Manager outage only delays a refresh: the
 	// running stack stays as it is, so a fetch gives up sooner.
 	a.secretsPolicy = secrets.Refresh
@@ -139,7 +143,7 @@ func (a *Agent) Run(ctx context.Context, n Notifier) error {
 		wake, unwatch := a.watchContainers(ctx, project, engine.WatchOptions{DaemonDown: dockerDown, Delay: flapDelay(flaps)})
 		timer := time.NewTimer(splay(refresh))
 		reason := ""
-		daemonBack := false
+		daemonBack, draining := false, false
 		// The 8.x scheduler lease is looked at between converges without
 		// ending this wait (its refresh timer and its watch).
 		leaseTimer := time.NewTimer(time.Hour)
@@ -175,6 +179,9 @@ func (a *Agent) Run(ctx context.Context, n Notifier) error {
 				reason = "container " + w.Container + " died or was removed"
 				_ = backoff.Sleep(ctx, containerSettle) // a stop ends the wait; the loop checks ctx next
 				break wait
+			case <-scaleIn:
+				draining = true
+				break wait
 			case <-changes.C:
 				if why := a.pollChanges(ctx); why != "" {
 					reason = why
@@ -196,6 +203,13 @@ func (a *Agent) Run(ctx context.Context, n Notifier) error {
 		timer.Stop()
 		leaseTimer.Stop()
 		changes.Stop()
+		if draining {
+			// Never converge again: the group terminates this instance.
+			a.drain(ctx, n, cfg)
+			<-ctx.Done()
+			stopping()
+			return nil
+		}
 		if ctx.Err() != nil {
 			stopping()
 			return nil
@@ -221,7 +235,7 @@ func (a *Agent) Run(ctx context.Context, n Notifier) error {
 			continue
 		}
 		dockerDown, flaps = false, 0
-		refresh, project = res2.Config.Refresh, res2.Config.Project
+		refresh, project, cfg = res2.Config.Refresh, res2.Config.Project, res2.Config
 		if res2.KeysNote != "" {
 			n.Status("ready: converged after %s (%d changes); %s", reason, res2.Plan.Mutations(), res2.KeysNote)
 			continue

@@ -96,6 +96,8 @@ type Config struct {
 	// MetricsResolution is their CloudWatch StorageResolution, 60 or 1 (metrics.go).
 	MetricsInterval   time.Duration
 	MetricsResolution int
+	// Lifecycle is what the agent does for its Auto Scaling group (lifecycle.go).
+	Lifecycle Lifecycle
 
 	// Origins maps every set key to the layer it came from.
 	Origins map[string]Source
@@ -126,6 +128,10 @@ func defaults() map[string]string {
 
 		"metrics-interval":   "1m",
 		"metrics-resolution": "60",
+		// drain-timeout has no entry: it defaults to worker-stop-grace.
+		"lifecycle-hook-launch":    DefaultLaunchHook,
+		"lifecycle-hook-terminate": DefaultTerminateHook,
+		"drain-deregister-wait":    "60s",
 	}
 }
 
@@ -174,6 +180,11 @@ var plainKeys = map[string]string{
 	// The backlog metrics run publishes to CloudWatch (metrics.go).
 	"metrics-interval":   "how often run publishes the queue backlog to CloudWatch, e.g. 1m (10s to 1h); 0 or off: never",
 	"metrics-resolution": "StorageResolution of the backlog metrics: 60 (standard) or 1 (high resolution)",
+	// Auto Scaling lifecycle hooks and the scale-in drain (lifecycle.go).
+	"lifecycle-hook-launch":    "the group's launch lifecycle hook the agent completes when READY",
+	"lifecycle-hook-terminate": "the group's terminate lifecycle hook the agent completes after draining",
+	"drain-timeout":            "how long a scale-in drain waits for running jobs, e.g. 5m (10s to 1h; default worker-stop-grace)",
+	"drain-deregister-wait":    "how long the web role fails /ping before stopping: the ALB health check's interval x unhealthy threshold",
 }
 
 // prefixKeys take a name after the colon.
@@ -309,6 +320,7 @@ func build(m map[string]string, where map[string]string) (Config, []Problem) {
 	b.prefixed(&c, layout, layoutOK)
 	b.frontDoor(&c)
 	b.metrics(&c)
+	b.lifecycle(&c)
 	b.dbSecret(&c)
 	b.endpoints(c)
 	switch c.Provider {

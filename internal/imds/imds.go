@@ -103,6 +103,10 @@ type Client struct {
 	tagsDL   time.Duration // 0: the tag listing gets the whole deadline
 	hc       *http.Client
 	log      *slog.Logger
+
+	// The SDK client of TargetLifecycleState, made at its first call.
+	lifecycleOnce sync.Once
+	lifecycleSDK  *sdkimds.Client
 }
 
 // New returns a Client for o. It reads the SDK's settings once, here.

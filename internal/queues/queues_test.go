@@ -180,3 +180,37 @@ func TestBacklogRedisDown(t *testing.T) {
 		t.Errorf("RQBacklog on a closed port: %v; want an error naming %s without the password", err, addr)
 	}
 }
+
+// TestJobsOnHosts: the jobs live workers on the given hosts are in the
+// middle of, named by id, function and queue; idle, dead and other hosts'
+// workers are left out.
+func TestJobsOnHosts(t *testing.T) {
+	srv := testenv.Redis(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c := srv.Client()
+	defer c.Close()
+	worker := func(name, host, job string, dead bool) {
+		key := queues.WorkerPrefix + name
+		c.SAdd(ctx, queues.WorkersKey, key)
+		c.HSet(ctx, key, "queues", "queries", "hostname", host, "current_job", job)
+		if dead {
+			c.HSet(ctx, key, "death", "2024-01-01T00:00:01Z")
+		}
+	}
+	worker("w1", "c1", "job-1", false)
+	worker("w2", "c1", "", false)
+	worker("w3", "c2", "job-3", false)
+	worker("w4", "c1", "job-4", true)
+	c.HSet(ctx, queues.JobPrefix+"job-1", "origin", "queries", "description", "redash.tasks.execute_query('select secret', 1)")
+
+	r := queues.Open(queues.Conn{Addr: srv.Addr(), Password: srv.Password})
+	defer r.Close()
+	jobs, err := r.JobsOnHosts(ctx, []string{"c1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(jobs) != 1 || jobs[0].Name() != "job-1 redash.tasks.execute_query (queue queries)" {
+		t.Fatalf("RunningJobs = %+v, want only job-1 named without its arguments", jobs)
+	}
+}

@@ -45,6 +45,26 @@ type IMDSMock struct {
 // several agents of one test may list them at once.
 func StartIMDSMock(t testing.TB, tags map[string]string) *IMDSMock {
 	t.Helper()
+	return startIMDSMock(t, tags, "-I")
+}
+
+// StartIMDSMockASG is StartIMDSMock in the mock's asglifecycle mode: it also
+// serves autoscaling/target-lifecycle-state, "InService" until
+// terminateAfter has passed since its start and "Terminated" after. (Its
+// --asg-termination-trigger-time flag does not parse in v1.13.0, and a
+// watched config file does not move the time, so the delay is all there
+// is.) imdsV2Only false also answers token-less GETs, for a test's proxy.
+func StartIMDSMockASG(t testing.TB, tags map[string]string, terminateAfter time.Duration, imdsV2Only bool) *IMDSMock {
+	t.Helper()
+	args := []string{"asglifecycle", "--asg-termination-delay-sec", strconv.Itoa(int(terminateAfter.Seconds()))}
+	if imdsV2Only {
+		args = append(args, "-I")
+	}
+	return startIMDSMock(t, tags, args...)
+}
+
+func startIMDSMock(t testing.TB, tags map[string]string, args ...string) *IMDSMock {
+	t.Helper()
 	bin := RequireTool(t, "ec2-metadata-mock",
 		"go install github.com/aws/amazon-ec2-metadata-mock/cmd/ec2-metadata-mock@v1.13.0")
 	cfg, err := imdsMockConfig(tags, time.Now().Add(6*time.Hour))
@@ -60,7 +80,7 @@ func StartIMDSMock(t testing.TB, tags map[string]string) *IMDSMock {
 	// then exits at once, and a new port is tried.
 	var lastErr error
 	for try := 1; try <= 3; try++ {
-		m, err := startIMDSMockOnce(t, bin, cfgPath, dir, FreePort(t), try)
+		m, err := startIMDSMockOnce(t, bin, cfgPath, dir, FreePort(t), try, args)
 		if err == nil {
 			return m
 		}
@@ -70,14 +90,14 @@ func StartIMDSMock(t testing.TB, tags map[string]string) *IMDSMock {
 	return nil
 }
 
-func startIMDSMockOnce(t testing.TB, bin, cfgPath, dir string, port, try int) (*IMDSMock, error) {
+func startIMDSMockOnce(t testing.TB, bin, cfgPath, dir string, port, try int, args []string) (*IMDSMock, error) {
 	logPath := filepath.Join(dir, fmt.Sprintf("ec2-metadata-mock.%d.log", try))
 	logf, err := os.Create(logPath)
 	if err != nil {
 		return nil, err
 	}
 	defer logf.Close() // the child keeps its own descriptor
-	cmd := exec.Command(bin, "-c", cfgPath, "-I", "-n", "127.0.0.1", "-p", strconv.Itoa(port))
+	cmd := exec.Command(bin, append(args, "-c", cfgPath, "-n", "127.0.0.1", "-p", strconv.Itoa(port))...)
 	cmd.Dir = dir
 	// A private HOME keeps a developer's ~/aemm-config.json out of the test.
 	cmd.Env = append(os.Environ(), "HOME="+dir)
