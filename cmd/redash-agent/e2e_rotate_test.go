@@ -156,6 +156,8 @@ func TestRunAppliesRotatedDBPassword(t *testing.T) {
 				t.Errorf("%s's journal lacks %q", s.project, w)
 			}
 		}
+		// The whole journal, from the start: no password, no user name.
+		out = procs[s].out.String()
 		for n := 1; n <= 3; n++ {
 			if strings.Contains(out, pw(n)) || strings.Contains(out, escapeForTest(pw(n))) {
 				t.Errorf("%s's journal holds password %d", s.project, n)
