@@ -151,7 +151,7 @@ func TestRunAppliesRotatedDBPassword(t *testing.T) {
 			t.Errorf("%s's server lost the working password", s.project)
 		}
 		out := procs[s].out.String()[mark[s]:]
-		for _, w := range []string{"no container was changed", "put-secret-value", "db-password (id \"Redash/RDS/Password\", version "} {
+		for _, w := range []string{"no container was changed", "put-secret-value", "db-password (id Redash/RDS/Password, version "} {
 			if !strings.Contains(out, w) {
 				t.Errorf("%s's journal lacks %q", s.project, w)
 			}
