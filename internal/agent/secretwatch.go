@@ -113,7 +113,7 @@ func (a *Agent) explainRefusedCredentials(r Rendered, err error) error {
 	var from []string
 	for _, name := range []string{secrets.DBUser, secrets.DBPassword, secrets.DBSecret} {
 		if s, ok := r.Secrets[name]; ok {
-			from = append(from, fmt.Sprintf("%s (id %q, version %s)", name, s.Ref.String(), s.VersionID))
+			from = append(from, fmt.Sprintf("%s (id %s, version %s)", name, s.Ref.String(), s.VersionID))
 		}
 	}
 	return &refusedCredentials{err: err, msg: fmt.Sprintf("the database refused the credentials of secret(s) %s: no container was changed, the running ones keep the credentials they started with. "+
