@@ -260,6 +260,19 @@ func TestCloudFormationScaling(t *testing.T) {
 		section = section[:end+3]
 	}
 
+	// The instances' redash:project tag, from the launch template.
+	var projectTag string
+	for _, ts := range res.path("LaunchTemplate", "Properties", "LaunchTemplateData", "TagSpecifications").items() {
+		for _, tag := range ts.get("Tags").items() {
+			if tag.get("Key").text() == "redash:project" {
+				projectTag = tag.get("Value").text()
+			}
+		}
+	}
+	if projectTag == "" {
+		t.Fatal("the launch template tags no redash:project: the agent would publish Cluster=redash in every stack")
+	}
+
 	// The README's table: | group | `redash:role` | scaled on | hooks |
 	rowRE := regexp.MustCompile("(?m)^\\| `(\\w+)` \\| `(\\w+)` \\| ([^|]+) \\| `([\\w-]+)`, `([\\w-]+)` \\|$")
 	rows := rowRE.FindAllStringSubmatch(section, -1)
@@ -323,6 +336,19 @@ func TestCloudFormationScaling(t *testing.T) {
 			}
 			if !slices.Contains(names, "Redash/QueuedJobs") || !slices.Contains(names, "AWS/AutoScaling/GroupInServiceInstances") || expr != "queued / workers" {
 				t.Errorf("%s: metric math over %q returning %q, README says QueuedJobs / GroupInServiceInstances", resource, names, expr)
+			}
+			// The agent publishes Cluster = its project (redash:project):
+			// a policy on another value would scale on a metric that never
+			// exists.
+			for _, m := range policy.path("CustomizedMetricSpecification", "Metrics").items() {
+				if m.path("MetricStat", "Metric", "Namespace").text() != "Redash" {
+					continue
+				}
+				for _, d := range m.path("MetricStat", "Metric", "Dimensions").items() {
+					if d.get("Name").text() == "Cluster" && d.get("Value").text() != projectTag {
+						t.Errorf("%s scales on Cluster = %q, but the instances' redash:project (what the agent publishes as Cluster) is %q", resource, d.get("Value").text(), projectTag)
+					}
+				}
 			}
 		default:
 			t.Errorf("%s: README's \"scaled on\" %q names no metric this test knows", resource, scaledOn)
