@@ -184,23 +184,28 @@ func (v *keyView) decide(ctx context.Context, a *Agent, cfg config.Config, st cl
 // fetchPrevious reads the secret key's AWSPREVIOUS; a zero Secret when it
 // cannot (logged): the rule then refuses, which keeps the old containers.
 func (a *Agent) fetchPrevious(ctx context.Context, cfg config.Config, ref secrets.Ref) secrets.Secret {
+	return a.fetchStage(ctx, cfg, ref, secrets.StagePrevious)
+}
+
+// fetchStage reads ref at a staging label; a zero Secret when it cannot.
+func (a *Agent) fetchStage(ctx context.Context, cfg config.Config, ref secrets.Ref, stage string) secrets.Secret {
 	store, err := a.remote.secrets(ctx, cfg.Region, a.secretsPolicy, a.log)
 	if err != nil {
-		a.log.Warn("could not read the secret key's previous version", "step", "keys", "err", err)
+		a.log.Warn("could not read the secret key's version", "step", "keys", "stage", stage, "err", err)
 		return secrets.Secret{}
 	}
 	ss, ok := store.(stageStore)
 	if !ok {
 		return secrets.Secret{}
 	}
-	prev, err := ss.FetchStage(ctx, ref, secrets.StagePrevious)
+	got, err := ss.FetchStage(ctx, ref, stage)
 	if err != nil {
 		if !errors.Is(err, secrets.ErrNoPreviousVersion) {
-			a.log.Warn("could not read the secret key's previous version", "step", "keys", "err", err)
+			a.log.Warn("could not read the secret key's version", "step", "keys", "stage", stage, "err", err)
 		}
 		return secrets.Secret{}
 	}
-	return prev
+	return got
 }
 
 // applyView puts the values to render into got and says what is refused.
@@ -273,6 +278,14 @@ func (a *Agent) settleKeys(ctx context.Context, r *Rendered) (changed bool, err 
 				return err
 			}
 			v.decide(ctx, a, r.Config, st)
+			if v.secretKey == keyUnknown {
+				// This converge's AWSCURRENT may predate a rotation another
+				// instance just recorded: read it again before refusing.
+				if cur := a.fetchStage(ctx, r.Config, v.current.Ref, "AWSCURRENT"); !cur.Value.IsZero() {
+					v.current, v.previous = cur, secrets.Secret{}
+					v.decide(ctx, a, r.Config, st)
+				}
+			}
 			if err := a.applyView(v, r.Secrets, true); err != nil {
 				return err
 			}
