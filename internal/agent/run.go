@@ -147,21 +147,20 @@ func (a *Agent) Run(ctx context.Context, n Notifier) error {
 		// The 8.x scheduler lease is looked at between converges without
 		// ending this wait (its refresh timer and its watch).
 		leaseTimer := time.NewTimer(time.Hour)
-		// leaseArmed is the interval leaseTimer runs for (0: re-arm). It is
-		// re-armed only when it fired or the interval changed: the fast
-		// looks below wake this loop every changePoll, which is shorter
-		// than the lease's intervals, and re-arming on every wake would
-		// keep the lease from ever being looked at.
-		leaseArmed := time.Duration(0)
+		// armLease: the lease timer is set again only once it has fired.
+		// Setting it on every pass would let the 5 s change poll push the
+		// lease look (~15 s, jittered anew by every interval() call) back
+		// forever, and no instance would ever take over a dead holder's.
+		armLease := true
 		// The fast look for a changed secret or cluster record (watch.go).
 		changes := time.NewTicker(changePoll)
 	wait:
 		for {
 			var leaseC <-chan time.Time
 			if every := a.sched.interval(); every > 0 {
-				if every != leaseArmed {
+				if armLease {
 					leaseTimer.Reset(every) // Go 1.23 timers: no stale tick after Reset
-					leaseArmed = every
+					armLease = false
 				}
 				leaseC = leaseTimer.C
 			}
@@ -190,7 +189,7 @@ func (a *Agent) Run(ctx context.Context, n Notifier) error {
 					break wait
 				}
 			case <-leaseC:
-				leaseArmed = 0
+				armLease = true
 				// Gaining or losing the lease converges at once.
 				if why := a.pollLease(ctx); why != "" {
 					reason = why
