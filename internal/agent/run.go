@@ -141,22 +141,13 @@ func (a *Agent) Run(ctx context.Context, n Notifier) error {
 		// The 8.x scheduler lease is looked at between converges without
 		// ending this wait (its refresh timer and its watch).
 		leaseTimer := time.NewTimer(time.Hour)
-		// leaseArmed is the interval leaseTimer runs for (0: re-arm). It is
-		// re-armed only when it fired or the interval changed: the fast
-		// looks below wake this loop every changePoll, which is shorter
-		// than the lease's intervals, and re-arming on every wake would
-		// keep the lease from ever being looked at.
-		leaseArmed := time.Duration(0)
 		// The fast look for a changed secret or cluster record (watch.go).
 		changes := time.NewTicker(changePoll)
 	wait:
 		for {
 			var leaseC <-chan time.Time
 			if every := a.sched.interval(); every > 0 {
-				if every != leaseArmed {
-					leaseTimer.Reset(every) // Go 1.23 timers: no stale tick after Reset
-					leaseArmed = every
-				}
+				leaseTimer.Reset(every) // Go 1.23 timers: no stale tick after Reset
 				leaseC = leaseTimer.C
 			}
 			select {
@@ -181,7 +172,6 @@ func (a *Agent) Run(ctx context.Context, n Notifier) error {
 					break wait
 				}
 			case <-leaseC:
-				leaseArmed = 0
 				// Gaining or losing the lease converges at once.
 				if why := a.pollLease(ctx); why != "" {
 					reason = why
