@@ -256,7 +256,14 @@ func TestRunKeysAcrossThreeInstances(t *testing.T) {
 		if !strings.Contains(out, "nothing was recorded and the previous key stays in use") {
 			t.Error("no journal says the rotation failed and the old key stays")
 		}
-		t.Logf("forward attempts %d, undos %d", countRuns(t, conn, forward), countRuns(t, conn, back))
+		// The failure is recorded under the lock: the other two instances,
+		// which saw the same new version, wait instead of trying (and
+		// undoing) it in turn, each leaving the rows briefly on key3.
+		fwd, undos := countRuns(t, conn, forward), countRuns(t, conn, back)
+		t.Logf("forward attempts %d, undos %d", fwd, undos)
+		if fwd != 1 || undos != 1 {
+			t.Errorf("%d forward attempts and %d undos within the hold, want 1 and 1 for the whole cluster", fwd, undos)
+		}
 	})
 
 	for _, p := range procs {

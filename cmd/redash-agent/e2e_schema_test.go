@@ -107,7 +107,7 @@ func TestCreateDBKilledMidwayIsFinished(t *testing.T) {
 	if got := pgQuery(t, s.pgDB, `SELECT version_num FROM alembic_version`); got != "rev1" {
 		t.Errorf("alembic_version = %q, want rev1", got)
 	}
-	if got := pgQuery(t, s.pgDB, `SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'public'`); got != "alembic_version,organizations,queries,users" {
+	if got := pgQuery(t, s.pgDB, `SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'public'`); got != "alembic_version,data_sources,notification_destinations,organizations,queries,users" {
 		t.Errorf("tables after up = %s", got)
 	}
 	if got := pgQuery(t, s.pgDB, `SELECT value->>'phase' FROM redash_agent.records WHERE name = $1`, cluster.RecCreateDB); got != cluster.CreateFinished {

@@ -323,6 +323,11 @@ func (a *Agent) Migrate(ctx context.Context, r Rendered, eng *engine.Engine) (mi
 			return a.explainRefusedCredentials(r, a.explainLocalAuth(r, err))
 		}
 		a.log.Info("database state", "step", "migrate database", "before", res.Before, "after", res.After, "ran", res.Ran, "head", res.Head)
+		if res.Generation > 0 && !r.State.Spec.Local {
+			// This converge's own create_db/upgrade records are for the
+			// other instances: they must not wake this one's watch.
+			a.sawCluster(db, res.Generation)
+		}
 		return nil
 	})
 	return res, err

@@ -310,9 +310,23 @@ func (a *Agent) settleKeys(ctx context.Context, r *Rendered) (changed bool, err 
 				}
 				v.secretKey = keyKeep
 			case keyRotate:
+				// The fleet-wide hold names the two values by fingerprint
+				// (version ids are the same only when instances share one
+				// Secrets Manager, the values always).
+				failedPair := fp(cluster.RecSecretKey, v.previous) + ">" + fp(cluster.RecSecretKey, v.current)
+				if f := st.SecretKeyFailed; f.Holds(failedPair, time.Now()) {
+					// Another instance's attempt failed: the whole fleet
+					// waits, or each would try (and undo) it in turn.
+					a.keysHold = keyHold{pair: pair, until: f.Until}
+					a.log.Warn("the secret key rotation failed on another instance; keeping the previous key until the next attempt", "step", "keys", "failed_on", f.By, "next_attempt", f.Until.Format(time.RFC3339))
+					break
+				}
 				if rotateErr = a.rotate(ctx, conn, r, v); rotateErr != nil {
 					a.keysHold = keyHold{pair: pair, until: time.Now().Add(r.Config.Refresh)}
-					return nil // the cookie's record stands; the key stays the old one
+					if err := cluster.Put(ctx, conn, cluster.RecSecretKeyFailed, cluster.KeyFailure{Pair: failedPair, Until: a.keysHold.until.UTC(), By: host()}, host()); err != nil {
+						a.log.Warn("could not record the failed rotation for the other instances; they may try it too", "step", "keys", "err", err)
+					}
+					break // the cookie's record stands; the key stays the old one
 				}
 				if err := cluster.Put(ctx, conn, cluster.RecSecretKey, cluster.KeyRecord{Fingerprint: fp(cluster.RecSecretKey, v.current), VersionID: v.current.VersionID, Since: time.Now().UTC()}, host()); err != nil {
 					return err

@@ -49,7 +49,26 @@ const (
 	RecUpgrade = "upgrade"
 	// RecCreateDB is a create_db that started (CreateDB).
 	RecCreateDB = "create-db"
+	// RecSecretKeyFailed holds back further attempts at a secret key
+	// rotation that failed, fleet-wide, until a time (KeyFailure): without
+	// it every instance that sees the new version would try (and undo) it
+	// in turn, each attempt leaving the rows briefly on the new key.
+	RecSecretKeyFailed = "secret-key-failed"
 )
+
+// KeyFailure is a failed secret key rotation: from and to the values Pair
+// names ("<previous fingerprint>><current fingerprint>") no instance tries
+// again before Until.
+type KeyFailure struct {
+	Pair  string    `json:"pair"`
+	Until time.Time `json:"until"`
+	By    string    `json:"by"`
+}
+
+// Holds says whether f holds back a rotation of pair at now.
+func (f *KeyFailure) Holds(pair string, now time.Time) bool {
+	return f != nil && f.Pair == pair && now.Before(f.Until)
+}
 
 // Querier is what the package needs of a session: *pgx.Conn and pgx.Tx both
 // have it.
@@ -136,14 +155,16 @@ type Instance struct {
 type State struct {
 	// Exists is false when the agent's tables are not there yet (a new
 	// database, or an older agent): every record is then nil.
-	Exists       bool
-	Generation   int64
-	Salt         string
-	SecretKey    *KeyRecord
-	CookieSecret *KeyRecord
-	Upgrade      *Upgrade
-	CreateDB     *CreateDB
-	Instances    []Instance
+	Exists     bool
+	Generation int64
+	Salt       string
+	SecretKey  *KeyRecord
+	// SecretKeyFailed: the last failed rotation, nil when none.
+	SecretKeyFailed *KeyFailure
+	CookieSecret    *KeyRecord
+	Upgrade         *Upgrade
+	CreateDB        *CreateDB
+	Instances       []Instance
 }
 
 // Ensure creates the schema and tables when missing and the cluster row with
@@ -266,6 +287,9 @@ func Read(ctx context.Context, q Querier) (State, error) {
 		case RecCookieSecret:
 			st.CookieSecret = &KeyRecord{}
 			dst = st.CookieSecret
+		case RecSecretKeyFailed:
+			st.SecretKeyFailed = &KeyFailure{}
+			dst = st.SecretKeyFailed
 		case RecUpgrade:
 			st.Upgrade = &Upgrade{}
 			dst = st.Upgrade

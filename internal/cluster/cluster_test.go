@@ -124,3 +124,18 @@ func TestFingerprintIsKeyedAndHidesTheValue(t *testing.T) {
 		t.Errorf("fingerprint %q: want 32 hex characters", a)
 	}
 }
+
+func TestKeyFailureHolds(t *testing.T) {
+	now := time.Now()
+	f := &KeyFailure{Pair: "v1>v2", Until: now.Add(time.Minute)}
+	if !f.Holds("v1>v2", now) {
+		t.Error("a failure does not hold back its own pair before Until")
+	}
+	if f.Holds("v1>v3", now) || f.Holds("v1>v2", now.Add(2*time.Minute)) {
+		t.Error("a failure holds back another pair, or after Until")
+	}
+	var none *KeyFailure
+	if none.Holds("v1>v2", now) {
+		t.Error("no failure record holds something back")
+	}
+}

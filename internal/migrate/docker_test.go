@@ -149,7 +149,8 @@ func TestRunCreatesThenUpgrades(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := (Result{Before: StateEmpty, After: StateCurrent, Ran: RanCreate, Head: "r1"}); res != want {
+	// create_db's started and finished records: generation 2.
+	if want := (Result{Before: StateEmpty, After: StateCurrent, Ran: RanCreate, Head: "r1", Generation: 2}); res != want {
 		t.Errorf("first Run = %+v, want %+v", res, want)
 	}
 	if got := e.query(t, db, "SELECT version_num FROM alembic_version"); got != "r1" {
@@ -167,7 +168,8 @@ func TestRunCreatesThenUpgrades(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := (Result{Before: StateBehind, After: StateCurrent, Ran: RanUpgrade, Head: "r2"}); res != want {
+	// The upgrade's draining, migrating and done records: generation 5.
+	if want := (Result{Before: StateBehind, After: StateCurrent, Ran: RanUpgrade, Head: "r2", Generation: 5}); res != want {
 		t.Errorf("upgrade Run = %+v, want %+v", res, want)
 	}
 	if got := e.query(t, db, "SELECT version_num FROM alembic_version"); got != "r2" {

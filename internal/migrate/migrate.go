@@ -173,6 +173,11 @@ type Result struct {
 	Before, After State
 	Ran           string // RanNone, RanCreate or RanUpgrade
 	Head          string // the image's head revision
+	// Generation is the agent's records' generation after this Run's own
+	// writes (create_db and upgrade records), 0 when it wrote none: the
+	// caller's watch compares against it, so its own writes wake nobody
+	// here (they are for the other instances).
+	Generation int64
 }
 
 const (
@@ -364,6 +369,9 @@ func run(ctx context.Context, o Options) (Result, error) {
 		}
 	}
 	up.finish(mctx, conn, nil)
+	if g, err := cluster.Generation(ictx, conn); err == nil {
+		res.Generation = g
+	}
 	log.Info("[finished] "+res.Ran, "version", version)
 	return res, nil
 }
