@@ -15,9 +15,35 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
+	"os/signal"
+	"syscall"
 )
+
+// early catches SIGTERM and SIGINT from the process's start. Without it a
+// stop that lands before a command installs its handler (a converge that
+// recreates a container just started) meets the Go runtime's default, which
+// as PID 1 cannot die by the signal and exits 2: a stop would look like a
+// crash. stopContext hands the signals to the command.
+var early = make(chan os.Signal, 1)
+
+func init() { signal.Notify(early, syscall.SIGTERM, syscall.SIGINT) }
+
+// stopContext ends at the first SIGTERM or SIGINT, including one that came
+// before it was called.
+func stopContext() (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		select {
+		case <-early:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
+}
 
 func main() {
 	if len(os.Args) < 2 {

@@ -15,10 +15,8 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 )
 
@@ -57,7 +55,7 @@ func serve(cmd string, args []string) int {
 
 	// PID 1 in a container gets no default SIGTERM handler from the kernel,
 	// so without this `docker stop` would wait 10s and then SIGKILL (exit 137).
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	ctx, stop := stopContext()
 	defer stop()
 
 	if err := dumpEnv(envDumpPath, os.Environ()); err != nil {

@@ -99,7 +99,7 @@ func runJobService(f family, cmd string) int {
 		watchJobs(context.Background())
 		return 0 // not reached: only SIGKILL ends it
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	ctx, stop := stopContext()
 	defer stop()
 	// The queue side (worker.go: Redis, registration, jobs from the
 	// queues) runs beside the job state a test sets with `fakeredash job`.
@@ -162,7 +162,7 @@ func warmShutdown(f family) int {
 // `manage.py rq worker` raises; after startretries (3) it gives up on the
 // program and idles, consuming nothing, until it is stopped.
 func supervisedWorkerCannotStart() int {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	ctx, stop := stopContext()
 	defer stop()
 	fmt.Fprintln(os.Stderr, "Starting RQ worker...")
 	for range 4 {
