@@ -142,12 +142,7 @@ func (f *Fetcher) Fetch(ctx context.Context, refs []Ref) (map[string]Secret, err
 		budget = "caller's " + time.Until(dl).Round(time.Millisecond).String()
 	}
 
-	var ids []string
-	for _, r := range refs {
-		if !slices.Contains(ids, r.SecretID) {
-			ids = append(ids, r.SecretID)
-		}
-	}
+	ids := distinctIDs(refs)
 	results := f.getAll(ctx, parent, ids, p, budget, log)
 
 	got := make(map[string]Secret, len(refs))
@@ -442,4 +437,16 @@ func jsonScalar(raw json.RawMessage) (string, bool) {
 		return n.String(), true
 	}
 	return "", false
+}
+
+// distinctIDs lists each secret id of refs once, in order: several refs may
+// point into one JSON secret, which is read once.
+func distinctIDs(refs []Ref) []string {
+	var ids []string
+	for _, r := range refs {
+		if !slices.Contains(ids, r.SecretID) {
+			ids = append(ids, r.SecretID)
+		}
+	}
+	return ids
 }

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -159,7 +160,7 @@ func (f *Fetcher) batch(ctx, parent context.Context, ids []string, p Policy, bud
 			}
 			for _, e := range out.Errors {
 				id := aws.ToString(e.SecretId)
-				if !containsID(chunk, id) || answered[id] {
+				if !slices.Contains(chunk, id) || answered[id] {
 					continue
 				}
 				err := entryError(e)
@@ -192,15 +193,6 @@ func matchID(ids []string, name, arn string) (string, bool) {
 		}
 	}
 	return "", false
-}
-
-func containsID(ids []string, id string) bool {
-	for _, x := range ids {
-		if x == id {
-			return true
-		}
-	}
-	return false
 }
 
 // entryError turns one secret's error of a batch answer into the error
@@ -248,12 +240,7 @@ func (f *Fetcher) Versions(ctx context.Context, refs []Ref) (map[string]string, 
 	parent := ctx
 	ctx, cancel := context.WithTimeout(ctx, p.Deadline)
 	defer cancel()
-	var ids []string
-	for _, r := range refs {
-		if !containsID(ids, r.SecretID) {
-			ids = append(ids, r.SecretID)
-		}
-	}
+	ids := distinctIDs(refs)
 	// Retries are not logged: a failed look waits for the next one.
 	results := f.getAll(ctx, parent, ids, p, p.Deadline.String(), slog.New(slog.DiscardHandler))
 	got := make(map[string]string, len(refs))
