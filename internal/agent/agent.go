@@ -2,7 +2,7 @@
 //
 //	imds tags -> config.Resolve -> secrets.Fetch -> envfile/compose render -> host lock, atomic write
 //	  -> engine.Observe -> engine.ComputePlan (pure) -> apply: images -> migrate (cluster lock)
-//	  -> apply: containers -> apply: wait ready -> sd_notify
+//	  -> apply: containers, each waited ready after its start -> sd_notify
 //
 // The plan decides everything that happens to Docker, in order; Apply runs one
 // of its stages at a time, so migrations sit between the image pulls and the
@@ -176,7 +176,7 @@ const unconfiguredTagsGrace = 15 * time.Second
 const tagsPollInterval = time.Second
 
 // stepConvergeContainers is the step that stops, creates and starts
-// containers (see stepBudgetFor).
+// containers and waits until each is ready (see stepBudgetFor).
 const stepConvergeContainers = "converge containers"
 
 // step runs one pipeline step with [started]/[finished]/[failed] journal lines.

@@ -149,13 +149,10 @@ func (a *Agent) Up(ctx context.Context) (UpResult, error) {
 	if res.Migrate, err = a.Migrate(ctx, r, eng); err != nil {
 		return res, err
 	}
-	if err := a.step(ctx, stepConvergeContainers, func(ctx context.Context) error {
-		return eng.Apply(ctx, d, res.Plan, engine.StageContainers)
-	}); err != nil {
-		return res, err
-	}
-	err = a.step(ctx, "wait ready", func(ctx context.Context) error {
-		return eng.Apply(ctx, d, res.Plan, engine.StageReady)
+	// Each service is waited on as soon as it started, while the others
+	// still start: the plan puts each wait after its own start.
+	err = a.step(ctx, stepConvergeContainers, func(ctx context.Context) error {
+		return eng.Apply(ctx, d, res.Plan, engine.StageContainers, engine.StageReady)
 	})
 	return res, err
 }

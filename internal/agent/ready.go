@@ -2,8 +2,10 @@ package agent
 
 // ready.go: what READY=1 (and up's success) means for the background
 // services: every queue of every worker service has a live consumer in
-// that service's own container. The engine asks queueReadiness once each
-// container runs (engine.ReadyCheck), bounded by its health timeout.
+// that service's own container. The engine asks queueReadiness from the
+// moment each worker's container runs (engine.ReadyCheck), bounded by its
+// health timeout; the registry is read first, so a worker still booting
+// costs a Redis read, not an exec.
 //
 //   - RQ (9.x on): the worker registry in Redis (internal/queues): for each
 //     queue the service's QUEUES names, a live RQ worker registered with
@@ -63,6 +65,12 @@ func readiness(r Rendered) engine.ReadyCheck {
 		q.workers[name] = want
 	}
 	return q
+}
+
+// Checks: the worker services of r's role; the scheduler only has to run.
+func (q *queueReadiness) Checks(service string) bool {
+	_, ok := q.workers[service]
+	return ok
 }
 
 func (q *queueReadiness) Ready(ctx context.Context, e *engine.Engine, r engine.RunningService) error {

@@ -23,22 +23,28 @@ import (
 	"github.com/redash-agent/redash-agent/internal/compose"
 )
 
-// Apply carries out the actions of one stage of a plan computed for d (see
-// Stage for why the stages are separate calls). It is a loop without
-// decisions: every choice is in the plan; Apply only runs each action as
-// soon as the actions it comes after have finished, so independent ones run
-// in parallel, and never runs an action after one it depends on failed.
-// A stage without mutations makes no mutating Docker call.
+// Apply carries out the actions of the given stages of a plan computed
+// for d (see Stage for why the stages are separate calls). It is a loop
+// without decisions: every choice is in the plan; Apply only runs each
+// action as soon as the actions it comes after have finished, so
+// independent ones run in parallel, and never runs an action after one it
+// depends on failed. A stage without mutations makes no mutating Docker
+// call.
 //
-// Apply holds the project lock while it changes containers. A plan
-// observed before another run changed things still converges: a container
-// already created with the right hash is adopted, one already gone is not
-// an error.
-func (e *Engine) Apply(ctx context.Context, d Desired, p Plan, stage Stage) error {
-	var todo []int
+// Apply holds the project lock while it changes containers, and lets it
+// go once the last change is done: a wait needs no lock, and holding it
+// there would hold up another run for as long as an unhealthy stack takes
+// to fail. A plan observed before another run changed things still
+// converges: a container already created with the right hash is adopted,
+// one already gone is not an error.
+func (e *Engine) Apply(ctx context.Context, d Desired, p Plan, stages ...Stage) error {
+	var todo, changes []int
 	for i, a := range p.Actions {
-		if a.Stage == stage && a.Kind != ActKeep {
+		if slices.Contains(stages, a.Stage) && a.Kind != ActKeep {
 			todo = append(todo, i)
+			if a.Kind != ActWaitReady {
+				changes = append(changes, i)
+			}
 		}
 	}
 	if len(todo) == 0 {
@@ -47,18 +53,23 @@ func (e *Engine) Apply(ctx context.Context, d Desired, p Plan, stage Stage) erro
 	if err := validate(d); err != nil {
 		return err
 	}
-	if stage != StageReady {
-		// The wait needs no lock, and holding it there would hold up
-		// another run for as long as an unhealthy stack takes to fail.
-		unlock, err := e.lock(ctx, d.Project.Name)
+	var unlockOnce sync.Once
+	unlock := func() {}
+	if len(changes) > 0 {
+		release, err := e.lock(ctx, d.Project.Name)
 		if err != nil {
 			return err
 		}
+		unlock = func() { unlockOnce.Do(release) }
 		defer unlock()
 	}
-	log := e.log().With("project", p.Project, "stage", stage.String())
+	names := make([]string, len(stages))
+	for i, st := range stages {
+		names[i] = st.String()
+	}
+	log := e.log().With("project", p.Project, "stage", strings.Join(names, "+"))
 	log.Info("[started] applying", "actions", len(todo))
-	if (stage == StageBacking || stage == StageContainers) && attachesToObservedNetwork(p) {
+	if (slices.Contains(stages, StageBacking) || slices.Contains(stages, StageContainers)) && attachesToObservedNetwork(p) {
 		// Whatever attaches to the project network removes the empty
 		// duplicates a create race on Docker before API 1.44 left (see
 		// ensureNetwork); the creates attach by the observed (oldest) ID.
@@ -72,13 +83,21 @@ func (e *Engine) Apply(ctx context.Context, d Desired, p Plan, stage Stage) erro
 	failed := make([]bool, len(p.Actions))
 	for i := range done {
 		done[i] = make(chan struct{})
-		if p.Actions[i].Stage != stage || p.Actions[i].Kind == ActKeep {
+		if !slices.Contains(stages, p.Actions[i].Stage) || p.Actions[i].Kind == ActKeep {
 			close(done[i])
 		}
 	}
 	st := &applyState{created: map[string]string{}}
-	if err := e.networkFromEarlierStage(ctx, d, p, stage, st); err != nil {
+	if err := e.networkFromEarlierStage(ctx, d, p, slices.Min(stages), st); err != nil {
 		return err
+	}
+	if len(changes) > 0 {
+		go func() {
+			for _, i := range changes {
+				<-done[i]
+			}
+			unlock()
+		}()
 	}
 	errs := make([]error, len(p.Actions))
 	var wg sync.WaitGroup
@@ -100,7 +119,7 @@ func (e *Engine) Apply(ctx context.Context, d Desired, p Plan, stage Stage) erro
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
-		if stage == StageImages && ctx.Err() == nil {
+		if slices.Contains(stages, StageImages) && ctx.Err() == nil {
 			err = missingImages(d, p, errs) // every image at once, with its key
 		}
 		log.Error("[failed] applying", "err", err)
@@ -181,7 +200,7 @@ func (e *Engine) run(ctx context.Context, d Desired, st *applyState, n int, a Ac
 	case ActRestart:
 		err = e.restart(ctx, a.Container, a.ID, stopGrace(d.Project.Services[a.Service]))
 	case ActWaitReady:
-		err = e.waitFor(ctx, d, a.Services)
+		err = e.waitFor(ctx, d, a.Service)
 	default:
 		err = fmt.Errorf("applying plan action %q: unknown kind: the plan was made by another version of the agent; run up again", a.Text())
 	}

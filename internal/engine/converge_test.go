@@ -13,10 +13,11 @@ func converge(ctx context.Context, e *Engine, d Desired) (Plan, error) {
 	return p, applyAll(ctx, e, d, p)
 }
 
-// applyAll applies every stage of p in order.
+// applyAll applies every stage of p as Agent.Up does: images, backing
+// services, then the containers with their readiness waits.
 func applyAll(ctx context.Context, e *Engine, d Desired, p Plan) error {
-	for _, st := range []Stage{StageImages, StageBacking, StageContainers, StageReady} {
-		if err := e.Apply(ctx, d, p, st); err != nil {
+	for _, stages := range [][]Stage{{StageImages}, {StageBacking}, {StageContainers, StageReady}} {
+		if err := e.Apply(ctx, d, p, stages...); err != nil {
 			return err
 		}
 	}

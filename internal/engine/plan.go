@@ -30,7 +30,10 @@ const (
 	// stops, removes, creates, starts and restarts containers, in
 	// dependency order.
 	StageContainers
-	// StageReady waits until the stack is healthy. It changes nothing.
+	// StageReady waits until each service is up, each as soon as its own
+	// start (in StageContainers) has finished. It changes nothing; Up
+	// applies it together with StageContainers, so a worker's check runs
+	// while nginx still starts.
 	StageReady
 )
 
@@ -77,8 +80,9 @@ const (
 	// ActKeep leaves a running, current container alone: no Docker call. It
 	// is in the plan so the plan names every service.
 	ActKeep ActionKind = "keep"
-	// ActWaitReady waits until every service runs and the server answers
-	// /ping (see WaitReady's rules in ready.go).
+	// ActWaitReady waits until one service is up: the server and nginx
+	// answer /ping, the others run and pass their readiness check (see
+	// waitFor in ready.go).
 	ActWaitReady ActionKind = "wait ready"
 )
 
@@ -101,8 +105,6 @@ type Action struct {
 	// when the plan creates the network, whose ID Apply takes from there.
 	NetworkID string
 	Reason    string
-	// Services are what ActWaitReady waits for, in plan order.
-	Services []string
 	// After lists the actions (indexes into Plan.Actions, all earlier) that
 	// must have finished before this one starts.
 	After []int
@@ -193,13 +195,10 @@ func (a Action) Text() string {
 	case ActKeep:
 		return fmt.Sprintf("keep %s (hash %s)", a.Service, shortHash(a.Hash))
 	case ActWaitReady:
-		names := slices.Clone(a.Services)
-		for i, n := range names {
-			if n == compose.ServerService {
-				names[i] = n + " /ping"
-			}
+		if a.Service == compose.ServerService || a.Service == compose.NginxService {
+			return "wait ready: " + a.Service + " /ping"
 		}
-		return "wait ready: " + strings.Join(names, ", ")
+		return "wait ready: " + a.Service
 	}
 	return string(a.Kind)
 }
@@ -404,7 +403,15 @@ func ComputePlan(d Desired, o Observed) Plan {
 		}
 	}
 
-	add(Action{Stage: StageReady, Kind: ActWaitReady, Services: order})
+	// Each service is waited on once its own start is done (a kept one at
+	// once), so its check overlaps the starts that come after it.
+	for _, name := range order {
+		a := Action{Stage: StageReady, Kind: ActWaitReady, Service: name}
+		if i, ok := started[name]; ok {
+			a.After = []int{i}
+		}
+		add(a)
+	}
 	return p
 }
 

@@ -96,7 +96,10 @@ func TestComputePlan(t *testing.T) {
  7 start scheduler after 6
  8 create worker (image redash/redash:10, hash $worker) after 1
  9 start worker after 8
-10 wait ready: server /ping, nginx, scheduler, worker
+10 wait ready: server /ping after 3
+11 wait ready: nginx /ping after 5
+12 wait ready: scheduler after 7
+13 wait ready: worker after 9
 `,
 			changes: 5,
 		},
@@ -108,7 +111,10 @@ func TestComputePlan(t *testing.T) {
  2 keep nginx (hash $nginx)
  3 keep scheduler (hash $scheduler)
  4 keep worker (hash $worker)
- 5 wait ready: server /ping, nginx, scheduler, worker
+ 5 wait ready: server /ping
+ 6 wait ready: nginx /ping
+ 7 wait ready: scheduler
+ 8 wait ready: worker
 `,
 		},
 		{
@@ -121,7 +127,10 @@ func TestComputePlan(t *testing.T) {
  2 start nginx (hash $nginx, was exited)
  3 start scheduler (hash $scheduler, was created)
  4 keep worker (hash $worker)
- 5 wait ready: server /ping, nginx, scheduler, worker
+ 5 wait ready: server /ping
+ 6 wait ready: nginx /ping after 2
+ 7 wait ready: scheduler after 3
+ 8 wait ready: worker
 `,
 			changes: 2,
 		},
@@ -142,7 +151,10 @@ func TestComputePlan(t *testing.T) {
 11 remove p-worker-1 (recreate worker) after 10
 12 recreate worker (image redash/redash:10, hash $old.worker -> $worker, config changed) after 11
 13 start worker after 12
-14 wait ready: server /ping, nginx, scheduler, worker
+14 wait ready: server /ping after 4
+15 wait ready: nginx /ping after 5
+16 wait ready: scheduler after 9
+17 wait ready: worker after 13
 `,
 			changes: 4,
 		},
@@ -155,7 +167,9 @@ func TestComputePlan(t *testing.T) {
  3 keep server (hash $server)
  4 keep nginx (hash $nginx)
  5 keep worker (hash $worker)
- 6 wait ready: server /ping, nginx, worker
+ 6 wait ready: server /ping
+ 7 wait ready: nginx /ping
+ 8 wait ready: worker
 `,
 			changes: 1,
 		},
@@ -180,7 +194,10 @@ func TestComputePlan(t *testing.T) {
 10 keep nginx (hash $nginx)
 11 keep scheduler (hash $scheduler)
 12 keep worker (hash $worker)
-13 wait ready: server /ping, nginx, scheduler, worker
+13 wait ready: server /ping
+14 wait ready: nginx /ping
+15 wait ready: scheduler
+16 wait ready: worker
 `,
 			changes: 4,
 		},
@@ -200,7 +217,10 @@ func TestComputePlan(t *testing.T) {
  8 start scheduler after 7
  9 create worker (image redash/redash:10, hash $worker)
 10 start worker after 9
-11 wait ready: server /ping, nginx, scheduler, worker
+11 wait ready: server /ping after 4
+12 wait ready: nginx /ping after 6
+13 wait ready: scheduler after 8
+14 wait ready: worker after 10
 `,
 			changes: 4,
 		},
@@ -219,7 +239,10 @@ func TestComputePlan(t *testing.T) {
  9 start scheduler after 8
 10 create worker (image redash/redash:10, hash $worker) after 1
 11 start worker after 10
-12 wait ready: server /ping, nginx, scheduler, worker
+12 wait ready: server /ping after 5
+13 wait ready: nginx /ping after 7
+14 wait ready: scheduler after 9
+15 wait ready: worker after 11
 `,
 			changes: 5,
 		},
@@ -241,7 +264,10 @@ func TestComputePlan(t *testing.T) {
  5 remove p-worker-1 (recreate worker) after 4
  6 recreate worker (image redash/redash:10, hash $worker -> $worker, network changed) after 5
  7 start worker after 6
- 8 wait ready: server /ping, nginx, scheduler, worker
+ 8 wait ready: server /ping
+ 9 wait ready: nginx /ping
+10 wait ready: scheduler
+11 wait ready: worker after 7
 `,
 			changes: 1,
 		},
@@ -258,7 +284,10 @@ func TestComputePlan(t *testing.T) {
  5 restart nginx (server started anew: nginx resolves redash once, at its start, and would keep the old address) after 4
  6 keep scheduler (hash $scheduler)
  7 keep worker (hash $worker)
- 8 wait ready: server /ping, nginx, scheduler, worker
+ 8 wait ready: server /ping after 4
+ 9 wait ready: nginx /ping after 5
+10 wait ready: scheduler
+11 wait ready: worker
 `,
 			changes: 2,
 		},
@@ -273,7 +302,10 @@ func TestComputePlan(t *testing.T) {
  5 remove p-worker-1 (recreate worker) after 4
  6 recreate worker (image redash/redash:10, hash $worker -> $worker, image changed) after 5
  7 start worker after 6
- 8 wait ready: server /ping, nginx, scheduler, worker
+ 8 wait ready: server /ping
+ 9 wait ready: nginx /ping
+10 wait ready: scheduler
+11 wait ready: worker after 7
 `,
 			changes: 1,
 		},
@@ -291,7 +323,10 @@ func TestComputePlan(t *testing.T) {
  8 start scheduler after 7
  9 create worker (image redash/redash:10, hash $worker) after 2
 10 start worker after 9
-11 wait ready: server /ping, nginx, scheduler, worker
+11 wait ready: server /ping after 4
+12 wait ready: nginx /ping after 6
+13 wait ready: scheduler after 8
+14 wait ready: worker after 10
 `,
 			changes: 6,
 		},

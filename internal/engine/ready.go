@@ -25,17 +25,22 @@ const (
 	pollEvery = 100 * time.Millisecond
 	// logLines is how much of a failing container's log an error carries.
 	logLines = 20
-	// checkEvery paces Desired.Ready's checks of one service: they exec
-	// into containers and read Redis, heavier than an inspect.
-	checkEvery = time.Second
+	// checkEvery paces Desired.Ready's checks of one service: they read
+	// Redis and may exec into the container, heavier than an inspect. A
+	// check that takes longer (an exec of a Python command) sets its own,
+	// slower pace: the next one starts at the poll after it ends.
+	checkEvery = 250 * time.Millisecond
 )
 
 // ReadyCheck says whether a running background service does its job (its
 // queues have consumers), beyond running: the agent supplies one from the
 // queue system's registry and Redash's own healthchecks. The engine asks
-// it once a service's container has run for stableFor, at most every
+// it from the moment a service's container runs, at most every
 // checkEvery, until it returns nil or HealthTimeout passes.
 type ReadyCheck interface {
+	// Checks reports whether the check has something to ask of service;
+	// a service without gets the stability wait instead.
+	Checks(service string) bool
 	// Ready returns nil when the service is ready, else what it waits for.
 	Ready(ctx context.Context, e *Engine, c RunningService) error
 }
@@ -48,116 +53,133 @@ type RunningService struct {
 	Entrypoint       []string // the image's entrypoint, to exec its commands
 }
 
-// waitFor is ActWaitReady: it waits, at most HealthTimeout, until every
-// one of services runs: the server answers GET /ping, the others have run
-// for a moment without a restart. A container that crash-loops (restarts,
-// or exits non-zero) fails at once, with its last log lines, instead of
-// being waited on.
-func (e *Engine) waitFor(ctx context.Context, d Desired, services []string) error {
+// waitFor is ActWaitReady: it waits, at most HealthTimeout, until service
+// is up: the server answers GET /ping, nginx answers GET /ping with 200
+// (what the load balancer's health check asks of it: nginx loaded its
+// configuration and reaches the server), a service with a readiness check
+// (Desired.Ready: the workers) passes it, any other has run for a moment
+// without a restart. A container that crash-loops (restarts, or exits
+// non-zero) fails at once, with its last log lines, instead of being
+// waited on.
+func (e *Engine) waitFor(ctx context.Context, d Desired, service string) error {
 	ctx, cancel := context.WithTimeout(ctx, e.healthTimeout())
 	defer cancel()
-	project := d.Project.Name
-	baseline := map[string]int{} // restart count per container ID at start
 	httpc := &http.Client{Timeout: 2 * time.Second}
-	checked := map[string]bool{}        // services whose ReadyCheck passed
-	lastCheck := map[string]time.Time{} // when each service was last checked
-	lastReason := map[string]string{}   // why each service's check last failed
-	checkFailing := map[string]string{} // container ID per service whose check fails
+	w := &serviceWait{name: service, baseline: map[string]int{}}
 	for {
-		var pending []string
-		// The next poll comes at pollEvery, or sooner when a container
-		// becomes stable sooner: the last one started sets the pace of a
-		// cold start.
-		next := pollEvery
-		for _, name := range services {
-			cname := containerName(project, name)
-			cctx, ccancel := e.call(ctx)
-			c, err := e.Docker.ContainerInspect(cctx, cname)
-			ccancel()
-			if cerrdefs.IsNotFound(err) {
-				pending = append(pending, fmt.Sprintf("%s: no container %s", name, cname))
-				continue
-			}
-			if err != nil {
-				if ctx.Err() != nil {
-					// The deadline hit mid-poll: report it below as not
-					// ready, with what it last waited for if it had a check.
-					why := err.Error()
-					if r, ok := lastReason[name]; ok {
-						why = r
-					}
-					pending = append(pending, name+": "+why)
-					continue
-				}
-				return fmt.Errorf("inspecting container %q: %w: check that dockerd is running", cname, err)
-			}
-			if _, ok := baseline[c.ID]; !ok {
-				baseline[c.ID] = c.RestartCount
-			}
-			st := c.State
-			if st == nil {
-				pending = append(pending, name+": no state")
-				continue
-			}
-			if st.Restarting || c.RestartCount > baseline[c.ID] || (st.Status == "exited" && st.ExitCode != 0) {
-				return fmt.Errorf("waiting for service %q: container %q keeps failing (state %s, exit code %d, %d restarts): fix the cause shown in its last log lines, then run up again:\n%s",
-					name, cname, st.Status, st.ExitCode, c.RestartCount, e.lastLogs(ctx, c.ID))
-			}
-			if st.Status != "running" {
-				pending = append(pending, fmt.Sprintf("%s: %s", name, st.Status))
-				continue
-			}
-			if st.Health != nil && st.Health.Status == "unhealthy" {
-				pending = append(pending, name+": unhealthy")
-				continue
-			}
-			if name == compose.ServerService {
-				if err := ping(ctx, httpc, serverAddr(d, c)); err != nil {
-					pending = append(pending, fmt.Sprintf("%s: /ping: %v", name, err))
-				}
-				continue
-			}
-			started, _ := time.Parse(time.RFC3339Nano, st.StartedAt)
-			if left := stableFor - time.Since(started); left > 0 {
-				pending = append(pending, name+": just started")
-				next = min(next, left)
-				continue
-			}
-			if d.Ready == nil || checked[name] {
-				continue
-			}
-			if time.Since(lastCheck[name]) >= checkEvery {
-				lastCheck[name] = time.Now()
-				err := d.Ready.Ready(ctx, e, runningService(project, name, c))
-				if err == nil {
-					checked[name] = true
-					delete(checkFailing, name)
-					continue
-				}
-				lastReason[name], checkFailing[name] = err.Error(), c.ID
-			}
-			pending = append(pending, name+": "+lastReason[name])
+		r := e.poll(ctx, d, httpc, w)
+		if r.err != nil {
+			return r.err
 		}
-		if len(pending) == 0 {
+		if r.pending == "" {
 			return nil
 		}
+		next := pollEvery
+		if r.next > 0 {
+			next = min(next, r.next)
+		}
 		if backoff.Sleep(ctx, next) != nil {
-			err := fmt.Errorf("waiting for project %q to be ready: not ready after %s (%s): check `docker logs` of those containers", project, e.healthTimeout(), strings.Join(pending, "; "))
-			// A service that runs but does not do its job says why in its log.
-			lctx, lcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-			defer lcancel()
-			var tails []string
-			for _, name := range services {
-				if id, ok := checkFailing[name]; ok {
-					tails = append(tails, fmt.Sprintf("last log lines of %s:\n%s", name, e.lastLogs(lctx, id)))
-				}
-			}
-			if len(tails) > 0 {
-				err = fmt.Errorf("%w\n%s", err, strings.Join(tails, "\n"))
+			cname := containerName(d.Project.Name, service)
+			err := fmt.Errorf("waiting for service %q of project %q to be ready: not ready after %s (%s): check `docker logs %s`", service, d.Project.Name, e.healthTimeout(), r.pending, cname)
+			if w.failingID != "" {
+				// A service that runs but does not do its job says why in its log.
+				lctx, lcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+				defer lcancel()
+				err = fmt.Errorf("%w\nlast log lines of %s:\n%s", err, service, e.lastLogs(lctx, w.failingID))
 			}
 			return err
 		}
 	}
+}
+
+// serviceWait is what waitFor remembers of its service between polls.
+type serviceWait struct {
+	name       string
+	baseline   map[string]int // restart count per container ID when first seen
+	checked    bool           // Desired.Ready passed
+	lastCheck  time.Time      // when Desired.Ready last ran
+	lastReason string         // why Desired.Ready last failed
+	failingID  string         // the container whose Ready check fails, for its log
+}
+
+// pollResult is one look at one service: err ends the wait (a crash
+// loop, an unreachable dockerd), pending says what it still waits for
+// ("" = up), next asks for the next poll sooner.
+type pollResult struct {
+	pending string
+	next    time.Duration
+	err     error
+}
+
+// poll looks once at one service's container.
+func (e *Engine) poll(ctx context.Context, d Desired, httpc *http.Client, w *serviceWait) pollResult {
+	name, cname := w.name, containerName(d.Project.Name, w.name)
+	cctx, ccancel := e.call(ctx)
+	c, err := e.Docker.ContainerInspect(cctx, cname)
+	ccancel()
+	if cerrdefs.IsNotFound(err) {
+		return pollResult{pending: fmt.Sprintf("%s: no container %s", name, cname)}
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			// The deadline hit mid-poll: report it as not ready, with
+			// what it last waited for if it had a check.
+			why := err.Error()
+			if w.lastReason != "" {
+				why = w.lastReason
+			}
+			return pollResult{pending: name + ": " + why}
+		}
+		return pollResult{err: fmt.Errorf("inspecting container %q: %w: check that dockerd is running", cname, err)}
+	}
+	if _, ok := w.baseline[c.ID]; !ok {
+		w.baseline[c.ID] = c.RestartCount
+	}
+	st := c.State
+	if st == nil {
+		return pollResult{pending: name + ": no state"}
+	}
+	if st.Restarting || c.RestartCount > w.baseline[c.ID] || (st.Status == "exited" && st.ExitCode != 0) {
+		return pollResult{err: fmt.Errorf("waiting for service %q: container %q keeps failing (state %s, exit code %d, %d restarts): fix the cause shown in its last log lines, then run up again:\n%s",
+			name, cname, st.Status, st.ExitCode, c.RestartCount, e.lastLogs(ctx, c.ID))}
+	}
+	if st.Status != "running" {
+		return pollResult{pending: fmt.Sprintf("%s: %s", name, st.Status)}
+	}
+	if st.Health != nil && st.Health.Status == "unhealthy" {
+		return pollResult{pending: name + ": unhealthy"}
+	}
+	switch name {
+	case compose.ServerService, compose.NginxService:
+		// Both answer /ping when up (nginx by passing it to the server):
+		// a positive signal, no need to wait for stability.
+		if err := ping(ctx, httpc, httpAddr(d, name, c)); err != nil {
+			return pollResult{pending: fmt.Sprintf("%s: /ping: %v", name, err)}
+		}
+		return pollResult{}
+	}
+	if d.Ready == nil || !d.Ready.Checks(name) {
+		// Nothing to ask it: running a moment without a restart is all
+		// there is to see.
+		started, _ := time.Parse(time.RFC3339Nano, st.StartedAt)
+		if left := stableFor - time.Since(started); left > 0 {
+			return pollResult{pending: name + ": just started", next: left}
+		}
+		return pollResult{}
+	}
+	if w.checked {
+		return pollResult{}
+	}
+	if time.Since(w.lastCheck) >= checkEvery {
+		w.lastCheck = time.Now()
+		err := d.Ready.Ready(ctx, e, runningService(d.Project.Name, name, c))
+		if err == nil {
+			w.checked, w.failingID = true, ""
+			return pollResult{}
+		}
+		w.lastReason, w.failingID = err.Error(), c.ID
+	}
+	return pollResult{pending: name + ": " + w.lastReason}
 }
 
 func runningService(project, name string, c container.InspectResponse) RunningService {
@@ -168,18 +190,22 @@ func runningService(project, name string, c container.InspectResponse) RunningSe
 	return r
 }
 
-// serverAddr is where the host reaches the server: its published port for
-// 5000, else its address on the project network (reachable from the host
-// on a Linux bridge).
-func serverAddr(d Desired, c container.InspectResponse) string {
-	if a := publishedPort(d.Project.Services[compose.ServerService], compose.ServerPort); a != "" {
+// httpAddr is where the host reaches the HTTP port of the server (5000)
+// or nginx (80): its published port, else its address on the project
+// network (reachable from the host on a Linux bridge).
+func httpAddr(d Desired, service string, c container.InspectResponse) string {
+	port := uint32(compose.ServerPort)
+	if service == compose.NginxService {
+		port = compose.NginxPort
+	}
+	if a := publishedPort(d.Project.Services[service], port); a != "" {
 		return a
 	}
 	if c.NetworkSettings != nil {
 		// Keyed by the network's name; the server has only the project's.
 		for _, n := range c.NetworkSettings.Networks {
 			if n != nil && n.IPAddress != "" {
-				return fmt.Sprintf("%s:%d", n.IPAddress, compose.ServerPort)
+				return fmt.Sprintf("%s:%d", n.IPAddress, port)
 			}
 		}
 	}

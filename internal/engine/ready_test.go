@@ -18,6 +18,8 @@ type execCheck struct {
 	seen      map[string]string // service -> hostname the exec printed
 }
 
+func (c *execCheck) Checks(service string) bool { return service == "worker" || service == "scheduler" }
+
 func (c *execCheck) Ready(ctx context.Context, e *Engine, r RunningService) error {
 	if r.Service != "worker" && r.Service != "scheduler" {
 		return nil
