@@ -185,11 +185,19 @@ check() {
 	[ "$n" -eq "$WANT_CONTAINERS" ] || die "project $1: $n containers running, want $WANT_CONTAINERS"
 	ip=$(docker ps -q --filter "label=com.docker.compose.project=$1" --filter "label=com.docker.compose.service=nginx" |
 		xargs docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}')
-	for _ in $(seq 50); do
+	for _ in $(seq 100); do
 		body=$(curl -fsS --max-time 2 "http://$ip/ping" 2>/dev/null) && [ "$body" = "PONG." ] && return 0
 		sleep 0.1
 	done
 	die "project $1: GET http://$ip/ping through nginx did not answer PONG."
+}
+
+# restarts P SIDE: add the restarts Docker made of project P's containers
+# (a crash at start, e.g. nginx started before the server it resolves) to
+# $TMP/SIDE.restarts.
+restarts() {
+	docker ps -aq --filter "label=com.docker.compose.project=$1" | xargs docker inspect -f '{{.RestartCount}}' |
+		awk '{n += $1} END {print n + 0}' >>"$TMP/$2.restarts"
 }
 
 # ids P: the project's container IDs, to prove a no-op up recreated nothing.
@@ -224,6 +232,7 @@ one() {
 	# shellcheck disable=SC2086 # the command lines are split on purpose
 	measure "$side" cold $cmd
 	check "$project"
+	restarts "$project" "$side"
 	before=$(ids "$project")
 	# shellcheck disable=SC2086
 	measure "$side" noop $cmd
@@ -248,11 +257,12 @@ mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
 echo
 echo "scenario $SCENARIO, $WANT_CONTAINERS containers; runs per side: $RUNS; $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg); $(docker version -f 'Docker Engine {{.Server.Version}} (API {{.Server.APIVersion}})'); $(docker-compose version --short | sed 's/^/docker-compose /')"
 echo
-echo "| side | cold up, ms | no-op up, ms | peak RSS cold, MiB | peak RSS no-op, MiB |"
-echo "|---|---|---|---|---|"
+echo "| side | cold up, ms | no-op up, ms | peak RSS cold, MiB | peak RSS no-op, MiB | crash restarts after cold up (all runs) |"
+echo "|---|---|---|---|---|---|"
 for side in $SIDES; do
-	printf '| %s | %s (%s) | %s (%s) | %s | %s |\n' "$side" \
+	printf '| %s | %s (%s) | %s (%s) | %s | %s | %s |\n' "$side" \
 		"$(median 1 "$TMP/$side.cold")" "$(range 1 "$TMP/$side.cold")" \
 		"$(median 1 "$TMP/$side.noop")" "$(range 1 "$TMP/$side.noop")" \
-		"$(mib "$(median 2 "$TMP/$side.cold")")" "$(mib "$(median 2 "$TMP/$side.noop")")"
+		"$(mib "$(median 2 "$TMP/$side.cold")")" "$(mib "$(median 2 "$TMP/$side.noop")")" \
+		"$(awk '{n += $1} END {print n + 0}' "$TMP/$side.restarts")"
 done

@@ -21,22 +21,24 @@ const (
 	// run, unrestarted, to count as up: long enough to catch an immediate
 	// crash, short enough not to slow a boot.
 	stableFor = 250 * time.Millisecond
-	// pollEvery paces readiness polls.
+	// pollEvery paces readiness polls once a service has had a moment.
 	pollEvery = 100 * time.Millisecond
 	// logLines is how much of a failing container's log an error carries.
 	logLines = 20
-	// checkEvery paces Desired.Ready's checks of one service: they read
-	// Redis and may exec into the container, heavier than an inspect. A
-	// check that takes longer (an exec of a Python command) sets its own,
-	// slower pace: the next one starts at the poll after it ends.
-	checkEvery = 250 * time.Millisecond
 )
+
+// pollRamp spaces a service's polls: 10, 20, 40, 80 ms, then pollEvery. A
+// Desired.Ready check runs at each poll: it reads Redis first and execs
+// into the container only once the registry shows the worker, and a check
+// that takes longer (an exec of a Python command) paces itself, since the
+// next poll starts after it ends.
+var pollRamp = backoff.Policy{Base: 10 * time.Millisecond, Max: pollEvery}
 
 // ReadyCheck says whether a running background service does its job (its
 // queues have consumers), beyond running: the agent supplies one from the
 // queue system's registry and Redash's own healthchecks. The engine asks
-// it from the moment a service's container runs, at most every
-// checkEvery, until it returns nil or HealthTimeout passes.
+// it from the moment a service's container runs, at each poll (pollRamp),
+// until it returns nil or HealthTimeout passes.
 type ReadyCheck interface {
 	// Checks reports whether the check has something to ask of service;
 	// a service without gets the stability wait instead.
@@ -66,7 +68,7 @@ func (e *Engine) waitFor(ctx context.Context, d Desired, service string) error {
 	defer cancel()
 	httpc := &http.Client{Timeout: 2 * time.Second}
 	w := &serviceWait{name: service, baseline: map[string]int{}}
-	for {
+	for attempt := 1; ; attempt++ {
 		r := e.poll(ctx, d, httpc, w)
 		if r.err != nil {
 			return r.err
@@ -74,7 +76,9 @@ func (e *Engine) waitFor(ctx context.Context, d Desired, service string) error {
 		if r.pending == "" {
 			return nil
 		}
-		next := pollEvery
+		// Most services are up moments after their start: look again soon,
+		// then at the steady pace.
+		next := pollRamp.Step(attempt)
 		if r.next > 0 {
 			next = min(next, r.next)
 		}
@@ -96,8 +100,6 @@ func (e *Engine) waitFor(ctx context.Context, d Desired, service string) error {
 type serviceWait struct {
 	name       string
 	baseline   map[string]int // restart count per container ID when first seen
-	checked    bool           // Desired.Ready passed
-	lastCheck  time.Time      // when Desired.Ready last ran
 	lastReason string         // why Desired.Ready last failed
 	failingID  string         // the container whose Ready check fails, for its log
 }
@@ -167,18 +169,11 @@ func (e *Engine) poll(ctx context.Context, d Desired, httpc *http.Client, w *ser
 		}
 		return pollResult{}
 	}
-	if w.checked {
+	err = d.Ready.Ready(ctx, e, runningService(d.Project.Name, name, c))
+	if err == nil {
 		return pollResult{}
 	}
-	if time.Since(w.lastCheck) >= checkEvery {
-		w.lastCheck = time.Now()
-		err := d.Ready.Ready(ctx, e, runningService(d.Project.Name, name, c))
-		if err == nil {
-			w.checked, w.failingID = true, ""
-			return pollResult{}
-		}
-		w.lastReason, w.failingID = err.Error(), c.ID
-	}
+	w.lastReason, w.failingID = err.Error(), c.ID
 	return pollResult{pending: name + ": " + w.lastReason}
 }
 
