@@ -2,23 +2,27 @@
 # bench/up/run.sh: wall time and peak memory of a cold `up` (no containers,
 # network, volume or rendered files; images present) and a no-op `up`
 # (everything already converged) of the same stack on the same local fake
-# images, for three sides:
+# images, for four sides:
 #
-#   compose  docker-compose -p bench -f FILE up -d        (Debian's 1.29)
-#   floor    bench/up/floor: the same network create, container creates and
-#            starts, in parallel, through the Docker API, and nothing else
-#   agent    redash-agent up --config bench/up/agent.yaml --provider local
+#   compose    docker-compose -p bench -f FILE up -d        (Debian's 1.29)
+#   floor      bench/up/floor: the same network create, container creates
+#              and starts, in parallel, through the Docker API, and nothing
+#              else (no start order, no readiness)
+#   floordeps  bench/up/floor -depends: the same, but a start waits for the
+#              starts of what the service depends_on (nginx after the
+#              server, whose name the real nginx resolves when it starts)
+#   agent      redash-agent up --config bench/up/agent.yaml --provider local
 #
-# FILE is the docker-compose.yml that `redash-agent render` writes for
-# bench/up/agent.yaml, with the project name swapped, so all three converge
-# the same eight containers (server, scheduler, three workers, nginx, and the
-# bundled postgres and redis of provider local).
+# FILE is the docker-compose.yml that `redash-agent render` writes for the
+# scenario, with the project name swapped, so every side converges the same
+# containers.
 #
-# The sides run interleaved (round i: compose, floor, agent) so the noise of
-# a shared machine falls on all of them alike. Every run is checked: eight
-# containers running and GET /ping through nginx answers "PONG."; a no-op up
-# must keep every container ID. Each measured command is bounded by `timeout`.
-# docs/bench-up.md reports a run.
+# The sides run interleaved (round i: compose, floor, floordeps, agent) so
+# the noise of a shared machine falls on all of them alike. Every run is
+# checked: every container running and GET /ping through nginx answers
+# "PONG."; a no-op up must keep every container ID; the restarts Docker made
+# after a cold up (a crash at start) are counted. Each measured command is
+# bounded by `timeout`. docs/bench-up.md reports the runs.
 #
 # Two scenarios (the second argument):
 #   external  (default) the fleet's shape: the database and Redis live outside
@@ -125,7 +129,7 @@ else
 fi
 # BASELINE_BIN=/path/to/redash-agent adds a fourth side, "baseline" (an
 # older build), interleaved with the others: before/after in one run.
-SIDES="compose floor agent"
+SIDES="compose floor floordeps agent"
 if [ -n "${BASELINE_BIN:-}" ]; then
 	cp "$BASELINE_BIN" "$TMP/baseline-agent"
 	SIDES="$SIDES baseline"
@@ -175,6 +179,7 @@ fi
 
 COMPOSE_UP="docker-compose -p bench -f $TMP/bench/docker-compose.yml up -d"
 FLOOR_UP="$TMP/floor -p benchfloor -f $TMP/benchfloor/docker-compose.yml"
+FLOORDEPS_UP="$TMP/floor -depends -p benchfloor -f $TMP/benchfloor/docker-compose.yml"
 AGENT_UP="$TMP/redash-agent up --dir $TMP/agent $AGENT_FLAGS"
 BASELINE_UP="$TMP/baseline-agent up --dir $TMP/agent $AGENT_FLAGS"
 
@@ -245,6 +250,7 @@ for i in $(seq "$RUNS"); do
 	echo "round $i/$RUNS" >&2
 	one compose bench "$COMPOSE_UP"
 	one floor benchfloor "$FLOOR_UP"
+	one floordeps benchfloor "$FLOORDEPS_UP"
 	one agent benchagent "$AGENT_UP"
 	if [ -n "${BASELINE_BIN:-}" ]; then one baseline benchagent "$BASELINE_UP"; fi
 done

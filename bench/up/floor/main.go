@@ -6,10 +6,16 @@
 // in parallel; a container whose
 // config-hash label matches is left alone, so a second run is a no-op.
 //
+// With -depends, a start also waits for the starts of the services its
+// depends_on names (nginx after the server, whose name it resolves when it
+// starts; with bundled postgres and redis, the Redash services after
+// them): the same parallel work in the least order a correct converger
+// keeps. Everything else stays parallel.
+//
 // Side effects: creates/removes containers and a network on the Docker
 // Engine named by DOCKER_HOST. Usage:
 //
-//	floor -p PROJECT -f FILE
+//	floor [-depends] -p PROJECT -f FILE
 package main
 
 import (
@@ -47,16 +53,17 @@ const (
 func main() {
 	project := flag.String("p", "floor", "compose project name")
 	file := flag.String("f", "docker-compose.yml", "compose file")
+	depends := flag.Bool("depends", false, "start a service after the starts of the services it depends_on")
 	flag.Parse()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	if err := up(ctx, *project, *file); err != nil {
+	if err := up(ctx, *project, *file, *depends); err != nil {
 		fmt.Fprintln(os.Stderr, "floor:", err)
 		os.Exit(1)
 	}
 }
 
-func up(ctx context.Context, name, file string) error {
+func up(ctx context.Context, name, file string, depends bool) error {
 	opts, err := cli.NewProjectOptions([]string{file}, cli.WithName(name), cli.WithOsEnv)
 	if err != nil {
 		return fmt.Errorf("reading %q: %w", file, err)
@@ -100,13 +107,27 @@ func up(ctx context.Context, name, file string) error {
 		names = append(names, s)
 	}
 	sort.Strings(names)
+	// started[s] closes when s's start is done (or it needed none).
+	started := map[string]chan struct{}{}
+	for _, s := range names {
+		started[s] = make(chan struct{})
+	}
 	errs := make([]error, len(names))
 	var wg sync.WaitGroup
 	for i, s := range names {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = converge(ctx, docker, name, netName, p.Volumes, p.Services[s], byService[s])
+			defer close(started[s])
+			var after []chan struct{}
+			if depends {
+				for dep := range p.Services[s].DependsOn {
+					if ch, ok := started[dep]; ok {
+						after = append(after, ch)
+					}
+				}
+			}
+			errs[i] = converge(ctx, docker, name, netName, p.Volumes, p.Services[s], byService[s], after)
 		}()
 	}
 	wg.Wait()
@@ -119,8 +140,9 @@ func up(ctx context.Context, name, file string) error {
 }
 
 // converge makes one service's container match svc: keep it when its hash
-// matches and it runs, otherwise replace it.
-func converge(ctx context.Context, docker *client.Client, project, netName string, volumes types.Volumes, svc types.ServiceConfig, have container.Summary) error {
+// matches and it runs, otherwise replace it; the start comes after every
+// channel in after has closed.
+func converge(ctx context.Context, docker *client.Client, project, netName string, volumes types.Volumes, svc types.ServiceConfig, have container.Summary, after []chan struct{}) error {
 	raw, err := json.Marshal(svc)
 	if err != nil {
 		return err
@@ -180,6 +202,9 @@ func converge(ctx context.Context, docker *client.Client, project, netName strin
 		nil, cname)
 	if err != nil {
 		return fmt.Errorf("creating %q: %w", cname, err)
+	}
+	for _, ch := range after {
+		<-ch
 	}
 	if err := docker.ContainerStart(ctx, resp.ID, container.StartOptions{}); err != nil {
 		return fmt.Errorf("starting %q: %w", cname, err)
