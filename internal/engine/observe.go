@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
@@ -38,6 +39,10 @@ type Container struct {
 	State   string // created, running, restarting, exited, paused, dead, removing
 	// NetworkID is the project network it is attached to ("" if unknown).
 	NetworkID string
+	// StartedAt is when a running container of a service in a
+	// resolvesAtStart pair last started (zero for the others: reading it
+	// takes an inspect).
+	StartedAt time.Time
 }
 
 // Network is the observed project network.
@@ -57,6 +62,9 @@ func (e *Engine) Observe(ctx context.Context, d Desired) (Observed, error) {
 	if err != nil {
 		return o, err
 	}
+	if err := e.observeStarts(ctx, o.Containers); err != nil {
+		return o, err
+	}
 	o.Images = map[string]string{}
 	for _, name := range serviceOrder(d.Project) {
 		ref := d.Project.Services[name].Image
@@ -72,6 +80,30 @@ func (e *Engine) Observe(ctx context.Context, d Desired) (Observed, error) {
 		}
 	}
 	return o, nil
+}
+
+// observeStarts fills StartedAt for the running containers of the
+// services in a resolvesAtStart pair: the plan restarts a dependent that
+// started before the container it resolved.
+func (e *Engine) observeStarts(ctx context.Context, cs []Container) error {
+	for i, c := range cs {
+		if c.State != "running" || c.OneOff || !inResolvesAtStart(c.Service) {
+			continue
+		}
+		cctx, cancel := e.call(ctx)
+		in, err := e.Docker.ContainerInspect(cctx, c.ID)
+		cancel()
+		if cerrdefs.IsNotFound(err) {
+			continue // removed meanwhile: the plan creates it
+		}
+		if err != nil {
+			return fmt.Errorf("inspecting container %q: %w: check that dockerd is running", c.Name, err)
+		}
+		if in.State != nil {
+			cs[i].StartedAt, _ = time.Parse(time.RFC3339Nano, in.State.StartedAt)
+		}
+	}
+	return nil
 }
 
 // ImageID is the ID of the image under ref, or "" when it is not present.

@@ -381,6 +381,11 @@ func ComputePlan(d Desired, o Observed) Plan {
 				started[name] = add(a)
 				continue
 			}
+			if cause := startedBefore(c, holders); cause != "" && c.State == "running" {
+				a.Kind, a.Reason = ActRestart, cause
+				started[name] = add(a)
+				continue
+			}
 			add(a)
 		case ActStart:
 			a.Kind, a.ID, a.Reason, a.After = ActStart, c.ID, reason, startAfter
@@ -463,13 +468,43 @@ func restartCauses(svc types.ServiceConfig, started map[string]int) (causes []st
 	return causes, after
 }
 
+// resolvesAtStart maps a service to the one whose address it resolves
+// once, at its own start: redash/nginx resolves the upstream `redash` (the
+// server's alias) and would proxy to an old container's address, answering
+// 502 until restarted.
+var resolvesAtStart = map[string]string{compose.NginxService: compose.ServerService}
+
+// inResolvesAtStart: service is either side of a resolvesAtStart pair.
+func inResolvesAtStart(service string) bool {
+	for dependent, dep := range resolvesAtStart {
+		if service == dependent || service == dep {
+			return true
+		}
+	}
+	return false
+}
+
 // keepsAddress says why a restart after dep matters for service, where it
-// is more than stale connections: redash/nginx resolves the upstream
-// `redash` (the server's alias) once, at its start, and would proxy to the
-// old container's address, answering 502 until restarted.
+// is more than stale connections (resolvesAtStart).
 func keepsAddress(service, dep string) string {
-	if service == compose.NginxService && dep == compose.ServerService {
-		return ": nginx resolves " + compose.ServerAlias + " once, at its start, and would keep the old address"
+	if resolvesAtStart[service] == dep {
+		return ": " + service + " resolves " + compose.ServerAlias + " once, at its start, and would keep the old address"
 	}
 	return ""
+}
+
+// startedBefore is the cause to restart c, a running container kept as it
+// is, when the container it resolves at start (also kept) started after
+// it: a converge killed between the server's new start and nginx's restart,
+// or Docker restarting a crashed server, which may hand it another address.
+func startedBefore(c Container, holders map[string]Container) string {
+	dep, ok := resolvesAtStart[c.Service]
+	if !ok || c.StartedAt.IsZero() {
+		return ""
+	}
+	d, ok := holders[dep]
+	if !ok || d.State != "running" || !d.StartedAt.After(c.StartedAt) {
+		return ""
+	}
+	return dep + " started after it" + keepsAddress(c.Service, dep)
 }

@@ -3,6 +3,7 @@ package engine
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/compose-spec/compose-go/v2/types"
 )
@@ -72,6 +73,15 @@ func TestComputePlan(t *testing.T) {
 	fewer := desired()
 	delete(fewer.Project.Services, "scheduler")
 
+	// A converge killed between the server's new start and nginx's
+	// restart (or Docker restarting a crashed server) leaves nginx with
+	// the server's old address.
+	t0 := time.Date(2026, 11, 30, 4, 0, 0, 0, time.UTC)
+	staleNginx := allCurrent(d)
+	staleNginx[0].StartedAt, staleNginx[2].StartedAt = t0, t0.Add(time.Second)
+	freshNginx := allCurrent(d)
+	freshNginx[0].StartedAt, freshNginx[2].StartedAt = t0.Add(time.Second), t0
+
 	newImage := desired()
 	retagged := allCurrent(newImage)
 	retagged[3].ImageID = "sha256:old" // worker: made from what the tag held before
@@ -107,6 +117,35 @@ func TestComputePlan(t *testing.T) {
 			name: "up to date and running: nothing to do",
 			d:    d,
 			o:    Observed{Project: "p", Network: net, Containers: allCurrent(d)},
+			want: ` 1 keep server (hash $server)
+ 2 keep nginx (hash $nginx)
+ 3 keep scheduler (hash $scheduler)
+ 4 keep worker (hash $worker)
+ 5 wait ready: server /ping
+ 6 wait ready: nginx /ping
+ 7 wait ready: scheduler
+ 8 wait ready: worker
+`,
+		},
+		{
+			name: "nginx started before the running server: restart it",
+			d:    d,
+			o:    Observed{Project: "p", Network: net, Containers: staleNginx},
+			want: ` 1 keep server (hash $server)
+ 2 restart nginx (server started after it: nginx resolves redash once, at its start, and would keep the old address)
+ 3 keep scheduler (hash $scheduler)
+ 4 keep worker (hash $worker)
+ 5 wait ready: server /ping
+ 6 wait ready: nginx /ping after 2
+ 7 wait ready: scheduler
+ 8 wait ready: worker
+`,
+			changes: 1,
+		},
+		{
+			name: "nginx started after the server: keep it",
+			d:    d,
+			o:    Observed{Project: "p", Network: net, Containers: freshNginx},
 			want: ` 1 keep server (hash $server)
  2 keep nginx (hash $nginx)
  3 keep scheduler (hash $scheduler)

@@ -5,9 +5,11 @@ package testenv
 // never be stopped or reconfigured. Side effects: a bridge interface the
 // test creates and names itself (deleted at the end), a temporary directory
 // with the daemon's data root, exec root, pidfile, socket and an empty
-// config file (removed at the end), and the dockerd process (with the
-// containerd it manages under its exec root). Never `--bridge none`: that
-// deletes the machine's docker0.
+// config file (removed at the end), the dockerd process (with the
+// containerd it manages under its exec root), and one iptables rule in the
+// DOCKER-USER chain that lets its containers reach each other (removed at
+// the end; see forwardRule). Never `--bridge none`: that deletes the
+// machine's docker0.
 
 import (
 	"context"
@@ -86,6 +88,12 @@ func StartPrivateDockerd(t testing.TB) *PrivateDockerd {
 			Unavailable(t, "a bridge for a private dockerd", fmt.Sprintf("`ip %s` failed: %v: %s (%s)", strings.Join(args, " "), err, out, dockerdHint))
 			return nil
 		}
+	}
+	if err := allowForwarding(t, pool); err != nil {
+		_ = exec.Command("ip", "link", "del", bridge).Run()
+		os.RemoveAll(dir)
+		Unavailable(t, "container-to-container traffic on a private dockerd", err.Error())
+		return nil
 	}
 	cfg := filepath.Join(dir, "daemon.json")
 	if err := os.WriteFile(cfg, []byte("{}\n"), 0o600); err != nil {
@@ -239,4 +247,28 @@ func freeSubnets() (bridge, pool string, ok bool) {
 		}
 	}
 	return "", "", false
+}
+
+// allowForwarding lets containers on the private daemon's project network
+// (pool.0/24) reach each other, as on any real host (nginx proxies to the
+// server). The machine's dockerd keeps FORWARD's policy at DROP and bridged
+// traffic passes FORWARD (br_netfilter); a daemon run with
+// --iptables=false adds no rule of its own. The rule goes into DOCKER-USER,
+// the chain Docker leaves to users, scoped to this pool, and is deleted
+// when the test ends. Without that chain Docker filters nothing here, and
+// there is nothing to do.
+func allowForwarding(t testing.TB, pool string) error {
+	if exec.Command("iptables", "-S", "DOCKER-USER").Run() != nil {
+		return nil
+	}
+	rule := []string{"DOCKER-USER", "-s", pool + ".0/24", "-d", pool + ".0/24", "-j", "ACCEPT"}
+	if out, err := exec.Command("iptables", append([]string{"-I"}, rule...)...).CombinedOutput(); err != nil {
+		return fmt.Errorf("`iptables -I %s` failed: %v: %s", strings.Join(rule, " "), err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("iptables", append([]string{"-D"}, rule...)...).CombinedOutput(); err != nil {
+			t.Logf("removing the private dockerd's forwarding rule: %v: %s", err, out)
+		}
+	})
+	return nil
 }
