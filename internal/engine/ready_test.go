@@ -71,3 +71,24 @@ func TestReadyCheckFailureCarriesLogTail(t *testing.T) {
 		t.Errorf("failed after %s, want about the 8s health timeout", took)
 	}
 }
+
+// TestNginxMustAnswerPing: nginx counts as up only when GET /ping through
+// it answers 200, as the load balancer's health check asks; a container
+// that runs but does not serve (here the image runs its scheduler instead)
+// fails the wait, named, instead of passing after a moment without a crash.
+func TestNginxMustAnswerPing(t *testing.T) {
+	s := newStack(t)
+	n := s.d.Project.Services["nginx"]
+	n.Command = []string{"scheduler"}
+	s.d.Project.Services["nginx"] = n
+	s.e.HealthTimeout = 5 * time.Second
+	_, err := converge(context.Background(), s.e, s.d)
+	if err == nil {
+		t.Fatal("Up succeeded while nginx does not answer /ping")
+	}
+	for _, want := range []string{`service "nginx"`, "nginx: /ping:", "docker logs " + containerName(s.d.Project.Name, "nginx")} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q: %v", want, err)
+		}
+	}
+}
