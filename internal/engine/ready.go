@@ -27,18 +27,21 @@ const (
 	logLines = 20
 )
 
-// pollRamp spaces a service's polls: 10, 20, 40, 80 ms, then pollEvery. A
-// Desired.Ready check runs at each poll: it reads Redis first and execs
-// into the container only once the registry shows the worker, and a check
-// that takes longer (an exec of a Python command) paces itself, since the
-// next poll starts after it ends.
+// pollRamp spaces a service's polls: 10, 20, 40, 80 ms, then pollEvery.
 var pollRamp = backoff.Policy{Base: 10 * time.Millisecond, Max: pollEvery}
+
+// checkRamp spaces a service's Desired.Ready checks, which read Redis and
+// may exec into the container: 25, 50, 100 ms ... then one a second, so a
+// worker that registers at once is seen at once and one that keeps failing
+// is not exec'd into back to back. A check that takes longer (an exec of a
+// Python command) paces itself: the next starts at a poll after it ends.
+var checkRamp = backoff.Policy{Base: 25 * time.Millisecond, Max: time.Second}
 
 // ReadyCheck says whether a running background service does its job (its
 // queues have consumers), beyond running: the agent supplies one from the
 // queue system's registry and Redash's own healthchecks. The engine asks
-// it from the moment a service's container runs, at each poll (pollRamp),
-// until it returns nil or HealthTimeout passes.
+// it from the moment a service's container runs (paced by checkRamp) until
+// it returns nil or HealthTimeout passes.
 type ReadyCheck interface {
 	// Checks reports whether the check has something to ask of service;
 	// a service without gets the stability wait instead.
@@ -100,6 +103,8 @@ func (e *Engine) waitFor(ctx context.Context, d Desired, service string) error {
 type serviceWait struct {
 	name       string
 	baseline   map[string]int // restart count per container ID when first seen
+	checks     int            // Desired.Ready checks made
+	lastCheck  time.Time      // when the last one began
 	lastReason string         // why Desired.Ready last failed
 	failingID  string         // the container whose Ready check fails, for its log
 }
@@ -169,9 +174,21 @@ func (e *Engine) poll(ctx context.Context, d Desired, httpc *http.Client, w *ser
 		}
 		return pollResult{}
 	}
+	if w.checks > 0 {
+		if left := checkRamp.Step(w.checks) - time.Since(w.lastCheck); left > 0 {
+			return pollResult{pending: name + ": " + w.lastReason, next: left}
+		}
+	}
+	w.checks++
+	w.lastCheck = time.Now()
 	err = d.Ready.Ready(ctx, e, runningService(d.Project.Name, name, c))
 	if err == nil {
 		return pollResult{}
+	}
+	if ctx.Err() != nil && w.lastReason != "" {
+		// The deadline cut this check short: what it last found is the
+		// reason worth reporting, not the cut.
+		return pollResult{pending: name + ": " + w.lastReason}
 	}
 	w.lastReason, w.failingID = err.Error(), c.ID
 	return pollResult{pending: name + ": " + w.lastReason}
