@@ -4,9 +4,10 @@
 //	  -> engine.Observe -> engine.ComputePlan (pure) -> apply: images -> migrate (cluster lock)
 //	  -> apply: containers, each waited ready after its start -> sd_notify
 //
-// The plan decides everything that happens to Docker, in order; Apply runs one
-// of its stages at a time, so migrations sit between the image pulls and the
-// first container a new version starts (Agent.Up reads exactly so).
+// The plan decides everything that happens to Docker, in order; Apply runs its
+// stages in separate calls (the containers together with their readiness
+// waits), so migrations sit between the image pulls and the first container a
+// new version starts (Agent.Up reads exactly so).
 //
 // Each step is one call, logged as [started]/[finished]/[failed] so the
 // journal reads like a checklist, and wrapped in one error that says what to
