@@ -8,7 +8,7 @@ package testenv
 // config file (removed at the end), the dockerd process (with the
 // containerd it manages under its exec root), and one iptables rule in the
 // DOCKER-USER chain that lets its containers reach each other (removed at
-// the end; see forwardRule). Never `--bridge none`: that deletes the
+// the end; see allowForwarding). Never `--bridge none`: that deletes the
 // machine's docker0.
 
 import (
