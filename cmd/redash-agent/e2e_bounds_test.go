@@ -121,11 +121,13 @@ func removeProjectNetworks(t testing.TB, dc *client.Client, project string) {
 		err = dc.NetworkRemove(ctx, n.ID)
 		switch {
 		case err == nil || strings.Contains(err.Error(), "not found"):
-		case strings.Contains(err.Error(), "active endpoints") && len(in.Containers) == 0 && dc.DaemonHost() != client.DefaultDockerHost:
-			// A stale endpoint count (dockerd 20.10, see
-			// TestKillDuringUpConverges) on a test's private daemon: it
-			// goes with that daemon.
-			t.Logf("network %s of project %s: %v (a private daemon's, removed with it)", n.Name, project, err)
+		case strings.Contains(err.Error(), "active endpoints") && len(in.Containers) == 0:
+			// dockerd 20.10's stale endpoint count (moby/moby#42119):
+			// nothing is attached and no API call removes it; the
+			// agent's down warns about it and succeeds. On a private
+			// daemon it goes with the daemon; on the shared one it
+			// stays until dockerd restarts (which fixes the count).
+			t.Logf("network %s of project %s: %v: dockerd's stale endpoint count (moby/moby#42119), not a leak of the test's; left in place", n.Name, project, err)
 			return
 		default:
 			t.Errorf("removing network %s of project %s: %v", n.Name, project, err)

@@ -88,7 +88,9 @@ func newStackTags(t *testing.T, tags map[string]string) *stack {
 		// Leave nothing behind, whatever the test did.
 		cmd := exec.Command(agentBinary(t), "--dir", s.dir, "--config", s.config, "--state-dir", s.stateDir(), "down", "--remove")
 		cmd.Env = cleanEnv()
-		_ = runAgent(t, cmd)
+		if err := runAgent(t, cmd); err != nil {
+			t.Logf("cleanup: down --remove: %v\n%s", err, outputOf(cmd))
+		}
 	})
 	return s
 }

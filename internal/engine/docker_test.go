@@ -633,6 +633,66 @@ func TestDownThenUp(t *testing.T) {
 	}
 }
 
+// staleCountDocker answers NetworkRemove as dockerd 20.10 does when it keeps
+// a stale endpoint count (moby/moby#42119): "active endpoints", with none
+// attached. The fault cannot be caused at will, so the test plays it.
+type staleCountDocker struct{ Docker }
+
+func (staleCountDocker) NetworkRemove(_ context.Context, id string) error {
+	return fmt.Errorf("Error response from daemon: error while removing network: network p_default id %s has active endpoints", id)
+}
+
+// TestDownRemoveNetworkLeftovers: a network that cannot be removed because
+// a container not of the project is attached fails down, naming that
+// container and how to detach it; one that dockerd refuses with nothing
+// attached (its stale count) is a warning, and down succeeds: the project's
+// containers are gone either way.
+func TestDownRemoveNetworkLeftovers(t *testing.T) {
+	s := newStack(t)
+	s.up()
+	ctx := context.Background()
+	netName := s.observe().Network.Name
+
+	// A container someone attached by hand.
+	c, err := s.cli.ContainerCreate(ctx, &container.Config{Image: imageV1, Cmd: []string{"scheduler"}}, nil,
+		&network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{netName: {}}}, nil, s.d.Project.Name+"-by-hand")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.cli.ContainerRemove(context.Background(), c.ID, container.RemoveOptions{Force: true}) })
+	if err := s.cli.ContainerStart(ctx, c.ID, container.StartOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	err = s.e.Down(ctx, s.d.Project.Name, true)
+	if err == nil || !strings.Contains(err.Error(), s.d.Project.Name+"-by-hand") || !strings.Contains(err.Error(), "docker network disconnect "+netName) {
+		t.Fatalf("Down(remove) with a foreign container attached = %v, want an error naming it and the disconnect", err)
+	}
+	if o := s.observe(); len(o.Containers) != 0 {
+		t.Errorf("the project's containers must be gone even so: %d left", len(o.Containers))
+	}
+	if err := s.cli.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+
+	// dockerd's stale count: the network stays, down succeeds and says why.
+	s.up()
+	logs := &syncBuffer{}
+	stale := &Engine{Docker: staleCountDocker{s.cli}, LockDir: s.lockDir, Logger: slog.New(slog.NewTextHandler(logs, nil))}
+	if err := stale.Down(ctx, s.d.Project.Name, true); err != nil {
+		t.Fatalf("Down(remove) with a stale endpoint count = %v, want success with a warning", err)
+	}
+	o := s.observe()
+	if len(o.Containers) != 0 || o.Network == nil {
+		t.Errorf("after Down(remove): %d containers, network %v; want none, and the network left in place", len(o.Containers), o.Network)
+	}
+	if !strings.Contains(logs.String(), "level=WARN") || !strings.Contains(logs.String(), "moby/moby#42119") || !strings.Contains(logs.String(), netName) {
+		t.Errorf("no warning naming the network and the dockerd bug:\n%s", logs)
+	}
+	// The next up reuses the network; the stack's cleanup removes it.
+	s.up()
+	s.assertConverged()
+}
+
 func BenchmarkNoopUp(b *testing.B) {
 	s := newStack(b)
 	s.up()

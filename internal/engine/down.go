@@ -3,6 +3,8 @@ package engine
 import (
 	"context"
 	"fmt"
+	"sort"
+	"strings"
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/filters"
@@ -66,12 +68,47 @@ func (e *Engine) removeNetworks(ctx context.Context, project string) error {
 		ids[n.ID] = n.Name
 	}
 	for id, name := range ids {
-		cctx, cancel := e.call(ctx)
-		err := e.Docker.NetworkRemove(cctx, id)
-		cancel()
-		if err != nil && !cerrdefs.IsNotFound(err) {
-			return fmt.Errorf("removing network %q: %w: see `docker network inspect %s` for containers still attached", name, err, name)
+		if err := e.removeNetwork(ctx, id, name); err != nil {
+			return err
 		}
 	}
+	return nil
+}
+
+// removeNetwork removes one network. dockerd 20.10 can keep a stale
+// endpoint count on a network whose containers are all gone (moby/moby#42119):
+// it refuses the removal with "has active endpoints" though nothing is
+// attached, and no API call clears it. Such a network carries nothing and
+// the next `up` reuses it, so that is a warning, not a failed down: the
+// containers are gone, which is what down is for.
+func (e *Engine) removeNetwork(ctx context.Context, id, name string) error {
+	cctx, cancel := e.call(ctx)
+	err := e.Docker.NetworkRemove(cctx, id)
+	cancel()
+	if err == nil || cerrdefs.IsNotFound(err) {
+		return nil
+	}
+	if !strings.Contains(err.Error(), "active endpoints") {
+		return fmt.Errorf("removing network %q: %w: check that dockerd is running (`systemctl status docker`), then run `redash-agent down --remove` again", name, err)
+	}
+	cctx, cancel = e.call(ctx)
+	in, ierr := e.Docker.NetworkInspect(cctx, id, network.InspectOptions{})
+	cancel()
+	switch {
+	case cerrdefs.IsNotFound(ierr):
+		return nil
+	case ierr != nil:
+		return fmt.Errorf("removing network %q: %w; inspecting it then failed: %v: see `docker network inspect %s` for containers still attached", name, err, ierr, name)
+	case len(in.Containers) > 0:
+		var attached []string
+		for _, c := range in.Containers {
+			attached = append(attached, c.Name)
+		}
+		sort.Strings(attached)
+		return fmt.Errorf("removing network %q: containers not of this project are still attached: %s: disconnect them (`docker network disconnect %s <container>`), then run `redash-agent down --remove` again",
+			name, strings.Join(attached, ", "), name)
+	}
+	e.log().Warn("network left in place: dockerd counts endpoints on it that no longer exist (a known dockerd bug, moby/moby#42119); it is empty and the next `up` reuses it; restarting dockerd clears the count, then `docker network rm` removes it",
+		"network", name, "err", err)
 	return nil
 }
