@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/compose-spec/compose-go/v2/types"
+	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/events"
 	"github.com/docker/docker/api/types/filters"
@@ -639,7 +640,7 @@ func TestDownThenUp(t *testing.T) {
 type staleCountDocker struct{ Docker }
 
 func (staleCountDocker) NetworkRemove(_ context.Context, id string) error {
-	return fmt.Errorf("Error response from daemon: error while removing network: network p_default id %s has active endpoints", id)
+	return fmt.Errorf("Error response from daemon: error while removing network: network p_default id %s has active endpoints: %w", id, cerrdefs.ErrPermissionDenied)
 }
 
 // TestDownRemoveNetworkLeftovers: a network that cannot be removed because

@@ -88,7 +88,8 @@ func (e *Engine) removeNetwork(ctx context.Context, id, name string) error {
 	if err == nil || cerrdefs.IsNotFound(err) {
 		return nil
 	}
-	if !strings.Contains(err.Error(), "active endpoints") {
+	// dockerd answers "has active endpoints" with 403 Forbidden.
+	if !cerrdefs.IsPermissionDenied(err) {
 		return fmt.Errorf("removing network %q: %w: check that dockerd is running (`systemctl status docker`), then run `redash-agent down --remove` again", name, err)
 	}
 	cctx, cancel = e.call(ctx)
