@@ -79,6 +79,13 @@ func (e *Engine) waitFor(ctx context.Context, d Desired, service string) error {
 		if r.pending == "" {
 			return nil
 		}
+		if ctx.Err() != nil && w.lastPending != "" {
+			// The deadline cut this poll short (an inspect, a /ping, a
+			// check): what the one before found is the reason worth
+			// reporting, not the cut.
+			r.pending = w.lastPending
+		}
+		w.lastPending = r.pending
 		// Most services are up moments after their start: look again soon,
 		// then at the steady pace.
 		next := pollRamp.Step(attempt)
@@ -101,12 +108,13 @@ func (e *Engine) waitFor(ctx context.Context, d Desired, service string) error {
 
 // serviceWait is what waitFor remembers of its service between polls.
 type serviceWait struct {
-	name       string
-	baseline   map[string]int // restart count per container ID when first seen
-	checks     int            // Desired.Ready checks made
-	lastCheck  time.Time      // when the last one began
-	lastReason string         // why Desired.Ready last failed
-	failingID  string         // the container whose Ready check fails, for its log
+	name        string
+	baseline    map[string]int // restart count per container ID when first seen
+	checks      int            // Desired.Ready checks made
+	lastCheck   time.Time      // when the last one began
+	lastReason  string         // why Desired.Ready last failed
+	lastPending string         // what the last poll still waited for
+	failingID   string         // the container whose Ready check fails, for its log
 }
 
 // pollResult is one look at one service: err ends the wait (a crash
@@ -129,13 +137,9 @@ func (e *Engine) poll(ctx context.Context, d Desired, httpc *http.Client, w *ser
 	}
 	if err != nil {
 		if ctx.Err() != nil {
-			// The deadline hit mid-poll: report it as not ready, with
-			// what it last waited for if it had a check.
-			why := err.Error()
-			if w.lastReason != "" {
-				why = w.lastReason
-			}
-			return pollResult{pending: name + ": " + why}
+			// The deadline hit mid-poll: not ready (waitFor reports what
+			// the poll before found).
+			return pollResult{pending: name + ": " + err.Error()}
 		}
 		return pollResult{err: fmt.Errorf("inspecting container %q: %w: check that dockerd is running", cname, err)}
 	}

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/docker/docker/api/types/container"
 )
 
 // execCheck execs the entrypoint's `env` in each worker-like container and
@@ -90,5 +92,48 @@ func TestNginxMustAnswerPing(t *testing.T) {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error lacks %q: %v", want, err)
 		}
+	}
+}
+
+// cutInspectDocker makes waitFor's third look at one container (by name, as
+// only waitFor asks) hang until its deadline: a dockerd too busy to answer
+// in the last moment of the wait, as a loaded CI machine once was.
+type cutInspectDocker struct {
+	Docker
+	name  string
+	mu    sync.Mutex
+	calls int
+}
+
+func (c *cutInspectDocker) ContainerInspect(ctx context.Context, id string) (container.InspectResponse, error) {
+	if id == c.name {
+		c.mu.Lock()
+		c.calls++
+		n := c.calls
+		c.mu.Unlock()
+		if n >= 3 {
+			<-ctx.Done()
+			return container.InspectResponse{}, ctx.Err()
+		}
+	}
+	return c.Docker.ContainerInspect(ctx, id)
+}
+
+// TestWaitCutMidPollSaysWhatItWaitedFor: when the deadline cuts a poll
+// short, the error names what the poll before found (nginx's /ping
+// failing), not the cut inspect's "context deadline exceeded".
+func TestWaitCutMidPollSaysWhatItWaitedFor(t *testing.T) {
+	s := newStack(t)
+	n := s.d.Project.Services["nginx"]
+	n.Command = []string{"scheduler"} // runs, never serves
+	s.d.Project.Services["nginx"] = n
+	s.e.Docker = &cutInspectDocker{Docker: s.e.Docker, name: containerName(s.d.Project.Name, "nginx")}
+	s.e.HealthTimeout = 3 * time.Second
+	_, err := converge(context.Background(), s.e, s.d)
+	if err == nil {
+		t.Fatal("Up succeeded while nginx does not answer /ping")
+	}
+	if !strings.Contains(err.Error(), "nginx: /ping:") || strings.Contains(err.Error(), "deadline exceeded") {
+		t.Errorf("error = %v\nwant what the last full poll found (nginx: /ping: ...), not the cut", err)
 	}
 }
