@@ -389,7 +389,9 @@ nginx-port: %d
 	b.servesPing("after systemctl stop redash-agent")
 
 	// 3. prepare-image, then a boot of the baked image.
-	b.must("redash-agent", "prepare-image")
+	if out := b.must("redash-agent", "prepare-image"); !strings.Contains(out, "kept: /var/lib/redash-agent/heads.json (") {
+		t.Errorf("prepare-image did not keep the image's schema revisions:\n%s", out)
+	}
 	b.must("test", "-d", "/opt/redash") // the unit's ReadWritePaths= needs it at the next boot
 	if out, err := b.exec("test", "-e", "/opt/redash/env"); err == nil {
 		t.Errorf("prepare-image left /opt/redash/env (secrets) in the image %s", out)
@@ -397,10 +399,16 @@ nginx-port: %d
 	if c := b.containers(); len(c) != 0 {
 		t.Errorf("prepare-image left containers: %v", c)
 	}
+	bakedBoot := strings.TrimSpace(b.must("date", "+%Y-%m-%d %H:%M:%S"))
 	b.restart()
 	b.waitAgentReady("boot of the baked image")
 	b.servesPing("boot of the baked image")
 	b.checkJournalClean("boot of the baked image")
+	// The image carried its schema head: this boot migrated (a new bundled
+	// database) without a `manage db heads` one-off to learn it.
+	if j := b.must("journalctl", "-u", "redash-agent", "--since", bakedBoot, "--no-pager", "-o", "cat"); !strings.Contains(j, "database state") || strings.Contains(j, "learned the image's head revision") {
+		t.Errorf("boot of the baked image: want a migrate step that used the baked head, not one that ran `manage db heads`:\n%s", j)
+	}
 
 	// 4. A Docker stop/start, as a package upgrade does: the stop takes the
 	// agent down (Requires=) and the daemon's containers with it; the start

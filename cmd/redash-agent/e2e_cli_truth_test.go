@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/docker/docker/api/types/volume"
 
+	"github.com/redash-agent/redash-agent/internal/migrate"
 	"github.com/redash-agent/redash-agent/internal/testenv"
 )
 
@@ -257,5 +259,34 @@ func TestPrepareImageSaysWhatItRemoves(t *testing.T) {
 	}
 	if _, err := os.Stat(secretsFile); err == nil {
 		t.Errorf("prepare-image left %s in the image", secretsFile)
+	}
+	// The image's schema head, learned for every instance, stays.
+	heads := filepath.Join(root, "state", "heads.json")
+	if !strings.Contains(stdout, "kept: "+heads+" (") {
+		t.Errorf("prepare-image output lacks \"kept: %s\":\n%s", heads, stdout)
+	}
+	in, err := testenv.DockerClient(t).ImageInspect(context.Background(), redash)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if head, ok := migrate.CachedHead(heads, in.ID); !ok || head != "rev1" {
+		t.Errorf("heads cache after prepare-image: head of %s = %q, %v; want rev1", redash, head, ok)
+	}
+	if revs, ok := migrate.CachedHistory(heads, in.ID); !ok || !slices.Contains(revs, "rev1") {
+		t.Errorf("heads cache after prepare-image: history of %s = %v, %v; want it to hold rev1", redash, revs, ok)
+	}
+
+	// An image whose `manage db heads` fails (not Redash): the bake goes
+	// on, says instances will learn the head at boot, and keeps no cache.
+	cfg = strings.Replace(cfg, "image: "+redash, "image: "+other, 1)
+	if err := os.WriteFile(filepath.Join(root, "config.yaml"), []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	stdout, stderr, code = localRun(t, root, "prepare-image")
+	if code != 0 || strings.Contains(stdout, "kept: ") || !strings.Contains(stderr, "will not carry its schema revisions") {
+		t.Errorf("prepare-image of an image without a schema head: exit %d, want 0 with a warning and nothing kept\n%s\n%s", code, stdout, stderr)
+	}
+	if _, err := os.Stat(heads); err == nil {
+		t.Errorf("prepare-image kept %s though it learned no head", heads)
 	}
 }

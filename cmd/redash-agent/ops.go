@@ -72,6 +72,9 @@ func prepareImageCmd(g *globals) *cobra.Command {
 			for _, img := range res.Images {
 				fmt.Fprintln(c.OutOrStdout(), "present:", img)
 			}
+			for _, f := range res.Kept {
+				fmt.Fprintf(c.OutOrStdout(), "kept: %s (%s)\n", f.Path, f.Why)
+			}
 			return nil
 		},
 	}

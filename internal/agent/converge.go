@@ -336,7 +336,8 @@ func (a *Agent) ensureImages(ctx context.Context, eng *engine.Engine, d engine.D
 	return a.step(ctx, "ensure images", func(ctx context.Context) error { return eng.EnsureImages(ctx, d) })
 }
 
-// Files in the state directory; none may be baked into an AMI.
+// Files in the state directory. prepare-image removes all but the heads
+// cache, which it makes for the image (bakeRevisions).
 func (a *Agent) headsCache() string   { return filepath.Join(a.o.StateDir, "heads.json") }
 func (a *Agent) hashKeyPath() string  { return filepath.Join(a.o.StateDir, "hash-key") }
 func (a *Agent) localSecrets() string { return filepath.Join(a.o.StateDir, "local-secrets.json") }

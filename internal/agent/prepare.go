@@ -15,6 +15,7 @@ import (
 	"github.com/redash-agent/redash-agent/internal/dirlock"
 	"github.com/redash-agent/redash-agent/internal/engine"
 	"github.com/redash-agent/redash-agent/internal/exitcode"
+	"github.com/redash-agent/redash-agent/internal/migrate"
 	"github.com/redash-agent/redash-agent/internal/secrets"
 )
 
@@ -90,6 +91,7 @@ func (a *Agent) PrepareImage(ctx context.Context) (PrepareResult, error) {
 		}
 	}
 	sort.Strings(res.Images)
+	res.Kept = a.bakeRevisions(ctx, eng, cfg, st)
 	err = a.step(ctx, "clean the image", func(ctx context.Context) error {
 		if err := eng.Down(ctx, proj.Name, true); err != nil {
 			return err
@@ -115,12 +117,57 @@ func (a *Agent) PrepareImage(ctx context.Context) (PrepareResult, error) {
 	return res, err
 }
 
+// bakeRevisions learns the Redash image's schema head and revision history
+// (`manage db heads` and `manage db history` in one-offs, with the
+// placeholder settings) into a fresh heads cache, which the image keeps: it
+// is keyed by image ID, the same on every instance the AMI launches, and
+// holds no secret. Each new instance then skips those one-offs at its first
+// boot (seconds each with real Redash, which imports the whole app). A
+// failure costs only that: it is a warning, and the cache is not kept.
+func (a *Agent) bakeRevisions(ctx context.Context, eng *engine.Engine, cfg config.Config, st desired.State) []RemovedFile {
+	path := a.headsCache()
+	learn := func(ctx context.Context) error {
+		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("removing the old heads cache %q: %w", path, err)
+		}
+		id, err := eng.ImageID(ctx, cfg.Image)
+		if err != nil {
+			return err
+		}
+		if id == "" {
+			return fmt.Errorf("image %q is not present", cfg.Image)
+		}
+		o := migrate.Options{Image: cfg.Image, ImageID: id, Project: cfg.Project, Service: compose.ServerService,
+			Env: st.Env, HeadsCache: path, Runner: eng, Logger: a.log}
+		if _, err := migrate.Head(ctx, o); err != nil {
+			return err
+		}
+		_, err = migrate.History(ctx, o)
+		return err
+	}
+	var kept []RemovedFile
+	_ = a.step(ctx, "learn the image's schema revisions", func(ctx context.Context) error {
+		if err := learn(ctx); err != nil {
+			// Not a failed bake: instances learn them at boot, as without a cache.
+			a.log.Warn("the image will not carry its schema revisions: every instance learns them at its first boot, in one-off containers of the Redash image", "err", err)
+			if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				a.log.Warn("removing a partial heads cache", "path", path, "err", err)
+			}
+			return nil
+		}
+		kept = append(kept, RemovedFile{path, "the image's schema head and revisions, the same for every instance: it spares each one the `manage db heads` and `history` one-offs at its first boot"})
+		return nil
+	})
+	return kept
+}
+
 // PrepareResult is what prepare-image did: the images now present (each
-// once) and the instance files (and, for provider local, the bundled
-// database volume) it removed.
+// once), the instance files (and, for provider local, the bundled database
+// volume) it removed, and the files it made for every instance and kept.
 type PrepareResult struct {
 	Images  []string
 	Removed []RemovedFile
+	Kept    []RemovedFile
 }
 
 // RemovedFile is one file prepare-image deleted, and why.
@@ -155,6 +202,9 @@ func (a *Agent) removeInstanceState() ([]RemovedFile, error) {
 	}
 	for _, e := range entries {
 		p := filepath.Join(a.o.StateDir, e.Name())
+		if p == a.headsCache() {
+			continue // bakeRevisions made it for every instance (or removed it)
+		}
 		why := "state of this host: every instance makes its own"
 		switch p {
 		case a.localSecrets():
