@@ -311,8 +311,12 @@ func (a *Agent) readInstance(ctx context.Context, nothingLocal bool) (imds.Insta
 	for attempt := 1; ; attempt++ {
 		opts := imds.Options{Deadline: a.o.IMDSDeadline, Logger: a.log}
 		if nothingLocal {
-			// A TagsDeadline of 0 means "no bound": never pass it.
-			opts.TagsDeadline = max(time.Until(until), time.Millisecond)
+			// What is left of the grace, but at least one poll interval:
+			// the last re-read starts when the grace is all but spent and
+			// must still hear IMDS's answer (a 404 takes more than the
+			// millisecond or so left then on a loaded host). Never 0,
+			// which means "no bound".
+			opts.TagsDeadline = max(time.Until(until), a.tagsPoll, time.Millisecond)
 		}
 		inst, err := a.remote.imds(opts).Instance(ctx)
 		if err == nil {

@@ -39,6 +39,11 @@ type fakeIMDS struct {
 	lateTags  map[string]string
 	lateAfter int
 
+	// answerTakes, when set, is how long IMDS takes to answer the tag
+	// listing: a read whose TagsDeadline is shorter ends on that deadline,
+	// as the imds package's does, not with IMDS's answer.
+	answerTakes time.Duration
+
 	mu    sync.Mutex
 	calls int
 	opts  imds.Options
@@ -48,6 +53,10 @@ func (f *fakeIMDS) Instance(context.Context) (imds.Instance, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls++
+	if f.answerTakes > 0 && f.opts.TagsDeadline > 0 && f.opts.TagsDeadline < f.answerTakes {
+		return imds.Instance{}, fmt.Errorf("listing the tags of instance %q: reading /latest/meta-data/tags/instance: gave up after 1 attempt(s) in %s: %w",
+			f.inst.InstanceID, f.opts.TagsDeadline, context.DeadlineExceeded)
+	}
 	if f.lateTags != nil && f.calls > f.lateAfter {
 		inst := f.inst
 		inst.Tags = f.lateTags
@@ -138,6 +147,8 @@ type setup struct {
 	config  string // config.yaml content; "" = no file
 	set     map[string]string
 	sm      *fakeSM // nil = the seed's four secrets
+	// imdsAnswerTakes: how long IMDS takes to answer the tag listing.
+	imdsAnswerTakes time.Duration
 }
 
 func newHarness(t *testing.T, s setup) *harness {
@@ -164,7 +175,7 @@ func newHarness(t *testing.T, s setup) *harness {
 		tags = map[string]string{}
 	}
 	h := &harness{
-		imds: &fakeIMDS{inst: imds.Instance{InstanceID: "i-0123456789abcdef0", Region: region, Tags: tags}, err: s.imdsErr},
+		imds: &fakeIMDS{inst: imds.Instance{InstanceID: "i-0123456789abcdef0", Region: region, Tags: tags}, err: s.imdsErr, answerTakes: s.imdsAnswerTakes},
 		sm:   s.sm,
 		logs: &bytes.Buffer{},
 	}
@@ -277,6 +288,13 @@ func TestResolveNotConfigured(t *testing.T) {
 			want: []string{"no redash: tags", "tag the instance"}},
 		{name: "tags not enabled and no config file",
 			s:             setup{imdsErr: errTagsOff},
+			notConfigured: true, status: exitcode.OK, quick: true,
+			want: []string{"no redash: tags", "InstanceMetadataTags"}},
+		{name: "tags not enabled, IMDS slow to answer (a loaded host)",
+			// The last re-read, when the grace is all but spent, must
+			// still hear the 404 (TestUnconfiguredWithoutTagsExitsQuickly
+			// failed in CI with exit 1 on that).
+			s:             setup{imdsErr: errTagsOff, imdsAnswerTakes: 20 * time.Millisecond},
 			notConfigured: true, status: exitcode.OK, quick: true,
 			want: []string{"no redash: tags", "InstanceMetadataTags"}},
 		{name: "an empty config file is nothing local",
