@@ -189,11 +189,8 @@ func (e *Engine) poll(ctx context.Context, d Desired, httpc *http.Client, w *ser
 	if err == nil {
 		return pollResult{}
 	}
-	if ctx.Err() != nil && w.lastReason != "" {
-		// The deadline cut this check short: what it last found is the
-		// reason worth reporting, not the cut.
-		return pollResult{pending: name + ": " + w.lastReason}
-	}
+	// A check the deadline cut short is reported as what the poll before
+	// found (waitFor).
 	w.lastReason, w.failingID = err.Error(), c.ID
 	return pollResult{pending: name + ": " + w.lastReason}
 }
